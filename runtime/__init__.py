@@ -1,0 +1,1 @@
+"""tddfa_edge.runtime."""

@@ -1,0 +1,68 @@
+"""The two crop policies of 3DDFA_V2 and the crop + resize to the regressor's 120x120 input.
+
+``crop_box`` values are ``sx, sy, ex, ey`` in frame pixels (square, may reach outside the frame).
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+REGRESSOR_SIZE = 120
+
+
+def crop_box_from_face_box(face_box) -> np.ndarray:
+    """Square crop around a detector box: 1.58x the mean side, centre moved down by 0.14 of the side.
+
+    The side is truncated to whole pixels, as the released models were trained with.
+    """
+    left, top, right, bottom = (float(v) for v in face_box[:4])
+    old_size = (right - left + bottom - top) / 2
+    center_x = right - (right - left) / 2.0
+    center_y = bottom - (bottom - top) / 2.0 + old_size * 0.14
+    size = int(old_size * 1.58)
+    sx, sy = center_x - size / 2, center_y - size / 2
+    return np.array([sx, sy, sx + size, sy + size], dtype=np.float64)
+
+
+def crop_box_from_landmarks(landmarks_xy: np.ndarray) -> np.ndarray:
+    """Square crop from previous landmarks (2 or 3, 68) or (68, 2 or 3): side = diagonal of their bounding square."""
+    pts = np.asarray(landmarks_xy, dtype=np.float64)
+    if pts.shape[0] not in (2, 3):
+        pts = pts.T
+    x_min, y_min = pts[0].min(), pts[1].min()
+    x_max, y_max = pts[0].max(), pts[1].max()
+    center_x, center_y = (x_min + x_max) / 2, (y_min + y_max) / 2
+    radius = max(x_max - x_min, y_max - y_min) / 2
+    diameter = 2 * radius
+    side = math.sqrt(diameter * diameter + diameter * diameter)
+    sx, sy = center_x - side / 2, center_y - side / 2
+    return np.array([sx, sy, sx + side, sy + side], dtype=np.float64)
+
+
+def crop_area(crop_box: np.ndarray) -> float:
+    return abs(crop_box[2] - crop_box[0]) * abs(crop_box[3] - crop_box[1])
+
+
+def crop_and_resize(
+    frame: np.ndarray, crop_box: np.ndarray, size: int = REGRESSOR_SIZE, interpolation: int = cv2.INTER_LINEAR
+) -> np.ndarray:
+    """Cut ``crop_box`` (rounded to whole pixels, zero-padded outside the frame) and resize to ``size``.
+
+    Returns a (size, size, 3) uint8 BGR crop. A box of zero width or height gives a black crop.
+    """
+    h, w = frame.shape[:2]
+    sx, sy, ex, ey = (int(round(v)) for v in crop_box[:4])
+    dw, dh = ex - sx, ey - sy
+    if dw <= 0 or dh <= 0:
+        return np.zeros((size, size, 3), dtype=np.uint8)
+    x0, y0, x1, y1 = max(sx, 0), max(sy, 0), min(ex, w), min(ey, h)
+    if x0 == sx and y0 == sy and x1 == ex and y1 == ey:
+        patch = frame[sy:ey, sx:ex]
+    else:
+        patch = np.zeros((dh, dw, 3), dtype=np.uint8)
+        if x1 > x0 and y1 > y0:
+            patch[y0 - sy : y1 - sy, x0 - sx : x1 - sx] = frame[y0:y1, x0:x1]
+    return cv2.resize(patch, (size, size), interpolation=interpolation)
