@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ OPSET = 17
 
 def _export(module: torch.nn.Module, example: torch.Tensor, input_names, output_names, dynamic_axes) -> bytes:
     buffer = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             module,
             (example,),

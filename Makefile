@@ -1,0 +1,30 @@
+# tddfa-edge developer entry points. `make bundle` sets everything up on a fresh machine and exports the
+# default target; `make test` runs the test suite (CI runs the same command).
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TARGET ?= x86-1core
+
+.PHONY: setup bundle test test-fast clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: a range would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[export,tflite,dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+bundle: setup
+	$(VENV)/bin/tddfa-export --target $(TARGET) --out bundles/$(TARGET)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf bundles build *.egg-info .pytest_cache
