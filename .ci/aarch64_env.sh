@@ -65,8 +65,10 @@ secs() { local ms=$(( ($(date +%s%N) - $1) / 1000000 )); printf '%d.%d s' $((ms 
 need_pkgs=()
 command -v qemu-aarch64-static >/dev/null || need_pkgs+=(qemu-user-static)
 command -v flock >/dev/null || need_pkgs+=(util-linux)
-if [ ${#need_pkgs[@]} -gt 0 ] || { [ ! -d "$AENV/rootfs" ] && ! command -v mmdebstrap >/dev/null; }; then
+if [ ! -x "$AENV/rootfs/usr/bin/python3.11" ] || [ "$FORCE" = 1 ]; then
     command -v mmdebstrap >/dev/null || need_pkgs+=(mmdebstrap)
+fi
+if [ ${#need_pkgs[@]} -gt 0 ]; then
     t=$(now)
     if [ "$(id -u)" != 0 ]; then
         echo "aarch64_env: need root to apt-get install ${need_pkgs[*]}" >&2; exit 1
