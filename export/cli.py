@@ -32,12 +32,14 @@ def _fail(exc: TddfaEdgeError):
 @click.option("--download/--no-download", default=False, show_default=True, help="fetch missing upstream weights (checksum-verified)")
 @click.option("--dense/--no-dense", default=None, help="include the dense 3DMM basis (default: the target's choice)")
 @click.option("--archive/--no-archive", default=False, show_default=True, help="also write <out>.tar.gz")
+@click.option("--wheelhouse/--no-wheelhouse", default=False, show_default=True,
+              help="add the runtime's wheels for the target (CPython 3.11) and a hashed requirements.txt for offline installs")
 @click.option("--measure-latency/--no-measure-latency", default=True, show_default=True, help="time each artifact on this machine")
 @click.option("--calibration-size", default=800, show_default=True, type=click.IntRange(16, 800), help="calibration crops for int8")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the manifest summary as JSON")
 @click.option("-q", "--quiet", is_flag=True, help="no progress output")
 def main(target_name, list_targets, out, precision, data_dir, regressor_name, regressor_weights, detector_weights, bfm_path,
-         tri_path, param_mean_std, download, dense, archive, measure_latency, calibration_size, json_path, quiet):
+         tri_path, param_mean_std, download, dense, archive, wheelhouse, measure_latency, calibration_size, json_path, quiet):
     """Convert the 3DDFA_V2 checkpoints (MobileNetV1 regressor, FaceBoxes detector) to ONNX / TFLite,
     quantize them, verify every artifact against PyTorch fp32 and write a bundle for one target."""
     try:
@@ -56,7 +58,7 @@ def main(target_name, list_targets, out, precision, data_dir, regressor_name, re
             target=target, out=out or Path("bundles") / target.name, precision=precision, data_dir=data_dir,
             regressor_name=regressor_name, regressor_path=regressor_weights, detector_path=detector_weights,
             param_mean_std_path=param_mean_std, bfm_path=bfm_path, tri_path=tri_path, download=download, dense=dense,
-            archive=archive, measure_latency=measure_latency, calibration_size=calibration_size, progress=not quiet,
+            archive=archive, wheelhouse=wheelhouse, measure_latency=measure_latency, calibration_size=calibration_size, progress=not quiet,
         )
         log = (lambda *a, **k: None) if quiet else (lambda msg: click.echo(msg, err=True))
         result = export_bundle(opts, log=log)

@@ -57,6 +57,7 @@ class ExportOptions:
     download: bool = False
     dense: bool | None = None  # override the target's choice
     archive: bool = False
+    wheelhouse: bool = False  # add aarch64/x86_64 runtime wheels + requirements.txt for offline installs
     measure_latency: bool = True
     calibration_size: int = 800
     progress: bool = True
@@ -318,6 +319,13 @@ def export_bundle(opts: ExportOptions, log=print) -> ExportResult:
             save_npz(stage / "bfm_dense.npz", {k: dense_arrays[k] for k in ("u", "w_shp", "w_exp", "tri")})
         (stage / "NOTICE-3DMM.txt").write_text(LICENCE_NOTICE, encoding="utf-8")
 
+        wheelhouse = None
+        if opts.wheelhouse:
+            from .wheelhouse import build_wheelhouse
+
+            log(f"[wheelhouse] downloading {target.arch} wheels for the runtime")
+            wheelhouse = build_wheelhouse(stage, target.arch, target.backends)
+
         target_dict = target.to_dict()
         target_dict["regressor"] = {**target_dict["regressor"], "variants": reg_variants, "default": reg_default}
         target_dict["detector"] = {**target_dict["detector"], "variants": det_variants, "default": det_default}
@@ -350,6 +358,7 @@ def export_bundle(opts: ExportOptions, log=print) -> ExportResult:
                 "detect_interval": pipeline.detect_interval,
                 "smoothing": pipeline.smoothing,
             },
+            "wheelhouse": wheelhouse,
             "calibration": {
                 "source": "calibration/ (AFLW crops disjoint from AFLW2000-3D)",
                 "regressor_crops": int(min(opts.calibration_size, 800)),

@@ -52,3 +52,24 @@ def upstream_aligner(upstream_bundle):
     from tddfa_edge.runtime.aligner import FaceAligner
 
     return FaceAligner.from_bundle(upstream_bundle)
+
+
+@pytest.fixture(scope="session")
+def target_bundle(tmp_path_factory, data_dir):
+    """``target_bundle(name)`` exports the full bundle of a shipped target once per session."""
+    from tddfa_edge.export.exporter import ExportOptions, export_bundle
+    from tddfa_edge.targets import load_target
+
+    root = tmp_path_factory.mktemp("target-bundles")
+    built: dict[str, Path] = {}
+
+    def get(name: str, wheelhouse: bool = False) -> Path:
+        key = f"{name}+wheelhouse" if wheelhouse else name
+        if key not in built:
+            out = root / key
+            export_bundle(ExportOptions(target=load_target(name), out=out, data_dir=str(data_dir), measure_latency=False,
+                                        wheelhouse=wheelhouse), log=lambda m: None)
+            built[key] = out
+        return built[key]
+
+    return get
