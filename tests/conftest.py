@@ -63,13 +63,13 @@ def target_bundle(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("target-bundles")
     built: dict[str, Path] = {}
 
-    def get(name: str, wheelhouse: bool = False) -> Path:
-        key = f"{name}+wheelhouse" if wheelhouse else name
-        if key not in built:
-            out = root / key
+    def get(name: str) -> Path:
+        if name not in built:
+            out = root / name
+            # The Pi 4 bundle is the firmware one: it carries the aarch64 wheelhouse (tests/test_aarch64.py installs it).
             export_bundle(ExportOptions(target=load_target(name), out=out, data_dir=str(data_dir), measure_latency=False,
-                                        wheelhouse=wheelhouse), log=lambda m: None)
-            built[key] = out
-        return built[key]
+                                        wheelhouse=name == "rpi4"), log=lambda m: None)
+            built[name] = out
+        return built[name]
 
     return get

@@ -112,7 +112,7 @@ def test_aarch64_results_match_x86(target, cpu, target_bundle, guest_site, probe
 @pytest.mark.slow
 def test_wheelhouse_installs_offline_and_runs_on_aarch64(target_bundle, tmp_path, data_dir):
     """What a firmware image build does: install from the bundle's wheelhouse with no index, then run."""
-    bundle = target_bundle("rpi4", wheelhouse=True)
+    bundle = target_bundle("rpi4")
     requirements = (bundle / "requirements.txt").read_text()
     assert "tddfa-edge==" in requirements and "ai-edge-litert==" in requirements and "--hash=sha256:" in requirements
     site = tmp_path / "site"
