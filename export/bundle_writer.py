@@ -46,10 +46,18 @@ def staging_folder(destination: Path):
             shutil.rmtree(stage, ignore_errors=True)
 
 
+# Install-time files: pip checks them (--require-hashes) and the manifest's "wheelhouse" section lists
+# them with sha256; the runtime does not need them, so an image may delete them after installing.
+INSTALL_ONLY = ("wheelhouse/", "requirements.txt")
+
+
 def file_table(folder: Path) -> dict[str, dict]:
-    """sha256 and size of every file in ``folder`` (recursively), except the manifest itself."""
+    """sha256 and size of every runtime file in ``folder`` (recursively), except the manifest itself."""
     table = {}
     for path in sorted(folder.rglob("*")):
+        rel_posix = path.relative_to(folder).as_posix()
+        if rel_posix.startswith(INSTALL_ONLY[0]) or rel_posix == INSTALL_ONLY[1]:
+            continue
         if path.is_file() and path.name != MANIFEST:
             rel = path.relative_to(folder).as_posix()
             table[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}

@@ -87,6 +87,7 @@ def build_wheelhouse(folder: Path, arch: str, backends: tuple[str, ...]) -> dict
         lines.append(f"{name}=={ver} --hash=sha256:{digest}")
     (folder / "requirements.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {
+        "requirements_sha256": sha256_file(folder / "requirements.txt"),
         "python": f"cp{PYTHON_VERSION.replace('.', '')}",
         "arch": arch,
         "requirements": "requirements.txt",
