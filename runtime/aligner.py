@@ -11,12 +11,12 @@ import numpy as np
 
 from .backends import FORMAT_BACKENDS, LoadedModel, TensorSpec, backend_available, open_session
 from .bundle import Bundle
-from .crop import REGRESSOR_SIZE, crop_and_resize, crop_box_from_face_box, crop_box_from_landmarks
+from .crop import REGRESSOR_SIZE, crop_and_resize, crop_boxes_from_face_boxes, crop_boxes_from_landmarks
 from .detector import DetectorConfig, postprocess_detections, prepare_detector_input
 from .errors import BackendUnavailableError, BundleError
 from .frames import as_bgr_uint8
 from .head_pose import pose_from_params
-from .morphable_model import MorphableModel, crop_to_frame
+from .morphable_model import MorphableModel
 
 INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "linear_exact": cv2.INTER_LINEAR_EXACT}
 
@@ -153,7 +153,11 @@ class FaceAligner:
         return postprocess_detections(loc[0], conf[0, :, 1], h, w, prepared.scale, self.config.detector)
 
     def crops(self, frame: np.ndarray, crop_boxes: np.ndarray) -> np.ndarray:
-        return np.stack([crop_and_resize(frame, box, REGRESSOR_SIZE, self._interp) for box in crop_boxes])
+        """(N, 4) crop boxes -> (N, 120, 120, 3) uint8 crops, resized straight into one batch array."""
+        out = np.empty((len(crop_boxes), REGRESSOR_SIZE, REGRESSOR_SIZE, 3), dtype=np.uint8)
+        for box, row in zip(crop_boxes, out):
+            crop_and_resize(frame, box, REGRESSOR_SIZE, self._interp, out=row)
+        return out
 
     def regress(self, frame: np.ndarray, crop_boxes: np.ndarray) -> np.ndarray:
         """(N, 4) crop boxes -> (N, 62) de-normalized parameters."""
@@ -163,23 +167,32 @@ class FaceAligner:
 
     def regress_crops(self, crops_nhwc: np.ndarray) -> np.ndarray:
         """(N, 120, 120, 3) uint8 BGR crops -> (N, 62) de-normalized parameters."""
-        out = []
         step = max(1, self.config.max_batch)
-        for start in range(0, len(crops_nhwc), step):
-            out.append(self.regressor(crops_nhwc[start : start + step])[0].reshape(-1, 62))
-        params = np.concatenate(out, axis=0)
+        if len(crops_nhwc) <= step:
+            params = self.regressor(crops_nhwc)[0].reshape(-1, 62)
+        else:
+            params = np.concatenate(
+                [self.regressor(crops_nhwc[i : i + step])[0].reshape(-1, 62) for i in range(0, len(crops_nhwc), step)]
+            )
         if self._param_normalized:
             params = params * self.param_std + self.param_mean
         return params.astype(np.float32, copy=False)
 
     def landmarks(self, params: np.ndarray, crop_boxes: np.ndarray) -> np.ndarray:
         """(N, 62), (N, 4) -> (N, 68, 3) landmarks in frame pixels."""
-        in_crop = self.morphable_model.landmarks_in_crop(params)
-        return np.stack([crop_to_frame(v, b).T for v, b in zip(in_crop, crop_boxes)]) if len(params) else np.zeros((0, 68, 3), np.float32)
+        return self.morphable_model.landmarks_in_frame(params, crop_boxes)
+
+    def poses(self, params: np.ndarray) -> np.ndarray:
+        """(N, 62) -> (N, 3) yaw, pitch, roll in degrees."""
+        return pose_from_params(params)
 
     def dense(self, param: np.ndarray, crop_box: np.ndarray) -> np.ndarray:
         """(62,), (4,) -> (V, 3) dense vertices in frame pixels."""
-        return crop_to_frame(self.morphable_model.dense_in_crop(param), crop_box).T
+        return self.morphable_model.dense_in_frame(np.asarray(param).reshape(1, 62), np.asarray(crop_box).reshape(1, 4))[0]
+
+    def dense_batch(self, params: np.ndarray, crop_boxes: np.ndarray) -> list[np.ndarray]:
+        """(N, 62), (N, 4) -> N arrays (V, 3); the 23 MB basis is read once for all faces."""
+        return self.morphable_model.dense_in_frame(params, crop_boxes)
 
     @property
     def triangles(self) -> np.ndarray | None:
@@ -194,13 +207,16 @@ class FaceAligner:
         if len(boxes) == 0:
             return []
         if crop_policy == "box":
-            crop_boxes = np.stack([crop_box_from_face_box(b) for b in boxes])
-            scores = [float(b[4]) if len(b) > 4 else 1.0 for b in boxes]
-            face_boxes = [np.asarray(b[:4], dtype=np.float32) for b in boxes]
+            boxes = np.asarray(boxes, dtype=np.float64).reshape(len(boxes), -1)
+            crop_boxes = crop_boxes_from_face_boxes(boxes)
+            scores = boxes[:, 4].tolist() if boxes.shape[1] > 4 else [1.0] * len(boxes)
+            face_boxes = boxes[:, :4].astype(np.float32)
         elif crop_policy == "landmark":
-            crop_boxes = np.stack([crop_box_from_landmarks(p) for p in boxes])
+            points = [np.asarray(p) for p in boxes]
+            points = np.stack([p.T if p.shape[0] in (2, 3) and p.shape[1] not in (2, 3) else p for p in points])
+            crop_boxes = crop_boxes_from_landmarks(points)
             scores = [1.0] * len(boxes)
-            face_boxes = [b.astype(np.float32) for b in crop_boxes]
+            face_boxes = crop_boxes.astype(np.float32)
         else:
             raise ValueError(f"unknown crop policy {crop_policy!r} (use 'box' or 'landmark')")
         params = self.regress(frame, crop_boxes)
@@ -208,21 +224,20 @@ class FaceAligner:
 
     def _faces(self, params, crop_boxes, face_boxes, scores, dense) -> list[Face]:
         landmarks = self.landmarks(params, crop_boxes)
-        poses = pose_from_params(params)
-        faces = []
-        for i in range(len(params)):
-            faces.append(
-                Face(
-                    box=np.asarray(face_boxes[i], dtype=np.float32),
-                    score=float(scores[i]),
-                    crop_box=np.asarray(crop_boxes[i], dtype=np.float64),
-                    param_62=params[i],
-                    landmarks_68=landmarks[i],
-                    pose_ypr=poses[i],
-                    dense_vertices=self.dense(params[i], crop_boxes[i]) if dense else None,
-                )
+        poses = self.poses(params)
+        vertices = self.dense_batch(params, crop_boxes) if dense else [None] * len(params)
+        return [
+            Face(
+                box=np.asarray(face_boxes[i], dtype=np.float32),
+                score=float(scores[i]),
+                crop_box=np.asarray(crop_boxes[i], dtype=np.float64),
+                param_62=params[i],
+                landmarks_68=landmarks[i],
+                pose_ypr=poses[i],
+                dense_vertices=vertices[i],
             )
-        return faces
+            for i in range(len(params))
+        ]
 
     def __call__(self, frame: np.ndarray, dense: bool = False) -> list[Face]:
         frame = as_bgr_uint8(frame)

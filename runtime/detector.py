@@ -115,11 +115,20 @@ def prepare_detector_input(frame: np.ndarray, config: DetectorConfig) -> Detecto
     scale = min(in_w / w, in_h / h)
     new_w, new_h = max(1, min(in_w, round(w * scale))), max(1, min(in_h, round(h * scale)))
     canvas = np.empty((in_h, in_w, 3), dtype=np.uint8)
-    canvas[:] = np.array(BGR_MEAN, dtype=np.uint8)
+    # Resize straight into the canvas and paint only the padding: filling the whole canvas with the mean
+    # colour first cost as much as the resize itself.
     if (new_w, new_h) == (w, h):
         canvas[:h, :w] = frame
     else:
-        canvas[:new_h, :new_w] = cv2.resize(frame, (new_w, new_h), interpolation=config.interpolation)
+        view = canvas[:new_h, :new_w]
+        resized = cv2.resize(frame, (new_w, new_h), dst=view, interpolation=config.interpolation)
+        if not np.shares_memory(resized, canvas):  # OpenCV reallocates a dst it cannot use
+            view[...] = resized
+    mean = np.array(BGR_MEAN, dtype=np.uint8)
+    if new_h < in_h:
+        canvas[new_h:] = mean
+    if new_w < in_w:
+        canvas[:new_h, new_w:] = mean
     return DetectorInput(canvas, scale)
 
 

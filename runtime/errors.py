@@ -49,3 +49,21 @@ class BudgetError(TddfaEdgeError):
     """A benchmark did not meet a target's budgets."""
 
     exit_code = 8
+
+
+class OutputError(TddfaEdgeError):
+    """An output (JSONL file, annotated image or video, mesh) cannot be written."""
+
+    exit_code = 1
+
+
+class OptionError(TddfaEdgeError):
+    """An option that does not fit the input (e.g. ``--draw out.jpg`` for a video)."""
+
+    exit_code = 2
+
+
+class IncompleteRunError(TddfaEdgeError):
+    """The run finished, but some frames or files failed or a stream ended early; the output holds the rest."""
+
+    exit_code = 9

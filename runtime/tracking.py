@@ -2,78 +2,50 @@
 
 Detect on the first frame (and when a track is lost, or every ``detect_interval`` frames), then re-crop
 each face from its previous frame's 68 landmarks instead of running the detector. A track is lost when
-its landmark crop shrinks under ``redetect_area`` px^2 or leaves the frame. All faces of a frame go
-through the regressor in one batched call. Smoothing changes only the reported landmarks and pose;
+its landmark crop shrinks under ``redetect_area`` px^2 or leaves the frame, or, at a periodic detection,
+when the detector no longer finds a face there (between detections nothing checks that a face is still
+present: upstream's behaviour, so ``detect_interval`` bounds how long a vanished face can linger). All tracked faces of a frame
+go through the regressor in one batched call. Smoothing changes only the reported landmarks and pose;
 the crops always follow the raw landmarks, so tracking itself is unchanged by it.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .aligner import Face, FaceAligner
-from .crop import crop_area, crop_box_from_face_box, crop_box_from_landmarks
+from .crop import crop_area, crop_box_from_face_box, crop_boxes_from_landmarks
 from .frames import as_bgr_uint8
+from .smoothing import OneEuroFilter, SmoothingConfig
 
-
-@dataclass(frozen=True)
-class SmoothingConfig:
-    """One Euro filter (Casiez et al., CHI 2012) on landmarks and pose.
-
-    ``min_cutoff`` (Hz) sets smoothing at rest; ``beta`` raises the cutoff with speed (measured in face
-    sizes per second for landmarks, degrees per second / 100 for pose) so fast motion does not lag.
-    """
-
-    min_cutoff: float = 1.5
-    beta: float = 4.0
-    d_cutoff: float = 1.0
-
-
-def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
-    tau = 1.0 / (2 * math.pi * cutoff)
-    return 1.0 / (1.0 + tau / dt)
-
-
-class OneEuroFilter:
-    def __init__(self, config: SmoothingConfig) -> None:
-        self.config = config
-        self._x: np.ndarray | None = None
-        self._dx: np.ndarray | None = None
-        self._t: float | None = None
-
-    def __call__(self, x: np.ndarray, t: float, scale: float = 1.0) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        if self._x is None or self._t is None or t <= self._t:
-            self._x, self._dx, self._t = x.copy(), np.zeros_like(x), t
-            return x
-        dt = t - self._t
-        dx = (x - self._x) / dt
-        a_d = _alpha(self.config.d_cutoff, dt)
-        self._dx = a_d * dx + (1 - a_d) * self._dx
-        cutoff = self.config.min_cutoff + self.config.beta * np.abs(self._dx) / scale
-        a = _alpha(cutoff, dt)
-        self._x = a * x + (1 - a) * self._x
-        self._t = t
-        return self._x.copy()
+MATCH_IOU = 0.3  # a detection continues a track (keeps its id) or is a duplicate of one above this overlap
+DUPLICATE_IOU = 0.6  # two tracks that converged onto one face: the younger one is dropped
 
 
 @dataclass
 class _Track:
     track_id: int
-    landmarks_raw: np.ndarray  # (68, 3) unsmoothed, drives the next crop
+    landmarks_raw: np.ndarray  # (68, 3) unsmoothed, drives the next crop; updated in place
     score: float
     landmark_filter: OneEuroFilter | None
     pose_filter: OneEuroFilter | None
+    box_in_landmarks: np.ndarray | None = None  # (2, 2) last detector box relative to the landmarks' extent
+
+
+def bundle_smoothing_default(aligner: FaceAligner) -> bool:
+    """The bundle's ``pipeline.smoothing`` (the target's choice); off when the aligner has no bundle."""
+    bundle = getattr(aligner, "bundle", None)
+    return bool(bundle.manifest.get("pipeline", {}).get("smoothing", False)) if bundle is not None else False
 
 
 class Tracker:
     """Stateful per-video face tracker on top of a ``FaceAligner``.
 
-    ``tracker(frame)`` returns the faces of that frame with stable ``track_id``s. ``last_detected`` tells
-    whether the detector ran on the latest frame.
+    ``tracker(frame, timestamp)`` returns the faces of that frame with stable ``track_id``s.
+    ``last_detected`` tells whether the detector ran on the latest frame. ``smoothing``: None takes the
+    bundle's default, True the tuned ``SmoothingConfig()``, False turns it off.
     """
 
     def __init__(
@@ -88,14 +60,16 @@ class Tracker:
     ) -> None:
         self.aligner = aligner
         cfg = aligner.config
-        self.detect_interval = cfg.detect_interval if detect_interval is None else int(detect_interval)
+        self.detect_interval = cfg.detect_interval if detect_interval is None else max(0, int(detect_interval))
         self.redetect_area = cfg.redetect_area if redetect_area is None else float(redetect_area)
-        self.max_faces = max_faces
-        if smoothing is True or (smoothing is None and getattr(cfg, "smoothing", False)):
+        self.max_faces = max_faces if max_faces and max_faces > 0 else None
+        if smoothing is None:
+            smoothing = bundle_smoothing_default(aligner)
+        if smoothing is True:
             smoothing = SmoothingConfig()
         self.smoothing: SmoothingConfig | None = smoothing or None
         self.refine_first = refine_first
-        self.fps = fps
+        self.fps = fps if fps and fps > 0 else 30.0
         self.reset()
 
     def reset(self) -> None:
@@ -107,86 +81,118 @@ class Tracker:
 
     # --------------------------------------------------------------------------------------------
     def _new_track(self, face: Face) -> _Track:
-        track = _Track(
-            track_id=self._next_id,
-            landmarks_raw=face.landmarks_68,
-            score=face.score,
-            landmark_filter=OneEuroFilter(self.smoothing) if self.smoothing else None,
-            pose_filter=OneEuroFilter(self.smoothing) if self.smoothing else None,
-        )
+        make = (lambda: OneEuroFilter(self.smoothing, 1 / self.fps)) if self.smoothing else (lambda: None)
+        track = _Track(self._next_id, face.landmarks_68.copy(), face.score, make(), make())
         self._next_id += 1
         return track
 
-    def _detect(self, frame: np.ndarray, refine: bool, exclude: list[np.ndarray]) -> list[Face]:
+    def _detect(self, frame: np.ndarray, kept: list, refine: bool, verify: bool) -> tuple[list, list[Face]]:
+        """Run the detector: drop tracks it no longer sees (``verify``), align the faces not tracked yet."""
         boxes = self.aligner.detect(frame)
-        if exclude and len(boxes):
-            boxes = np.array([b for b in boxes if max((_iou(b, e) for e in exclude), default=0.0) < 0.3], dtype=np.float32).reshape(-1, 5)
-        limit = self.max_faces - len(exclude) if self.max_faces else None
-        if limit is not None:
-            boxes = boxes[: max(0, limit)]
+        if verify:
+            kept = [(tr, f) for tr, f in kept if any(_iou(_box_of(f.landmarks_68), b) >= MATCH_IOU for b in boxes)]
+        if kept and len(boxes):
+            tracked = [_box_of(f.landmarks_68) for _, f in kept]
+            boxes = boxes[np.array([max(_iou(b, t) for t in tracked) < MATCH_IOU for b in boxes], dtype=bool)]
+        if self.max_faces:
+            boxes = boxes[: max(0, self.max_faces - len(kept))]
         if len(boxes) == 0:
-            return []
+            return kept, []
         faces = self.aligner.align(frame, boxes, "box")
         if refine:
             refined = self.aligner.align(frame, [f.landmarks_68 for f in faces], "landmark")
             for f, r in zip(faces, refined):
                 r.box, r.score = f.box, f.score
             faces = refined
-        return faces
+        return kept, faces
+
+    def _track_existing(self, frame: np.ndarray) -> list[tuple[_Track, Face]]:
+        """Regress every live track from its previous landmarks in one batch; drop the lost ones."""
+        h, w = frame.shape[:2]
+        crop_boxes = crop_boxes_from_landmarks(np.stack([tr.landmarks_raw for tr in self._tracks]))
+        params = self.aligner.regress(frame, crop_boxes)
+        faces = self.aligner._faces(params, crop_boxes, crop_boxes.astype(np.float32), [tr.score for tr in self._tracks], False)
+        kept = []
+        for track, face, box in zip(self._tracks, faces, crop_boxes):
+            if crop_area(box) >= self.redetect_area and _overlaps_frame(box, w, h):
+                kept.append((track, face))
+        return _drop_duplicates(kept)
 
     def __call__(self, frame: np.ndarray, timestamp: float | None = None, dense: bool = False) -> list[Face]:
         frame = as_bgr_uint8(frame)
         self._frame_index += 1
         t = self._frame_index / self.fps if timestamp is None else float(timestamp)
-        h, w = frame.shape[:2]
         self.last_detected = False
 
+        first = not self._tracks
         periodic = self.detect_interval > 0 and self._frame_index - self._last_detection >= self.detect_interval
-        kept: list[tuple[_Track, Face]] = []
-        if self._tracks and not periodic:
-            crop_boxes = np.stack([crop_box_from_landmarks(tr.landmarks_raw) for tr in self._tracks])
-            params = self.aligner.regress(frame, crop_boxes)
-            faces = self.aligner._faces(params, crop_boxes, [b.astype(np.float32) for b in crop_boxes],
-                                        [tr.score for tr in self._tracks], False)
-            for track, face, box in zip(self._tracks, faces, crop_boxes):
-                if crop_area(box) >= self.redetect_area and _overlaps_frame(box, w, h):
-                    kept.append((track, face))
-        lost = len(kept) < len(self._tracks) or not self._tracks or periodic
-        if lost:
-            first = not self._tracks
-            if periodic and self._tracks:
-                kept = []
-            detected = self._detect(frame, refine=self.refine_first and first, exclude=[_box_of(f) for _, f in kept])
+        kept = self._track_existing(frame) if self._tracks else []
+        lost = len(kept) < len(self._tracks)
+        if first or lost or periodic:
+            # Upstream refines only the first detection of a video; periodic detections add new faces the same way
+            # and drop the tracks the detector no longer confirms.
+            refine = self.refine_first and (first or periodic)
+            kept, detected = self._detect(frame, kept, refine, verify=periodic and not first)
             self._last_detection = self._frame_index
             self.last_detected = True
-            previous = {tr.track_id: tr for tr in self._tracks}
+            taken = {id(tr) for tr, _ in kept}
+            previous = [tr for tr in self._tracks if id(tr) not in taken]
             for face in detected:
-                match = _match_previous(face, previous.values())
-                track = match if match is not None and all(match is not k for k, _ in kept) else self._new_track(face)
-                kept.append((track, face))
+                match = _match_previous(face, previous)
+                if match is not None:
+                    previous.remove(match)
+                kept.append((match if match is not None else self._new_track(face), face))
+            from_detector = {id(f) for f in detected}
+        else:
+            from_detector = set()
         self._tracks = [tr for tr, _ in kept]
+        if dense and kept:
+            self._add_dense([f for _, f in kept])
         out = []
         for track, face in kept:
-            track.landmarks_raw = face.landmarks_68
+            np.copyto(track.landmarks_raw, face.landmarks_68)
             track.score = face.score
             face.track_id = track.track_id
-            if dense:
-                face.dense_vertices = self.aligner.dense(face.param_62, face.crop_box)
             if self.smoothing:
-                size = float(np.ptp(face.landmarks_68[:, 0]) + np.ptp(face.landmarks_68[:, 1])) / 2 or 1.0
-                face.landmarks_68 = track.landmark_filter(face.landmarks_68, t, scale=size).astype(np.float32)
-                face.pose_ypr = track.pose_filter(face.pose_ypr, t, scale=100.0)
+                lm = face.landmarks_68
+                size = float(np.ptp(lm[:, 0]) + np.ptp(lm[:, 1])) / 2 or 1.0
+                track.landmark_filter(lm, t, scale=size, out=lm)
+                track.pose_filter(face.pose_ypr, t, scale=self.smoothing.pose_scale, out=face.pose_ypr)
+            _carry_face_box(track, face, id(face) in from_detector)
             out.append(face)
         return out
+
+    def _add_dense(self, faces: list[Face]) -> None:
+        missing = [f for f in faces if f.dense_vertices is None]
+        if not missing:
+            return
+        batch = getattr(self.aligner, "dense_batch", None)
+        if batch is not None:  # one pass over the dense basis for all faces
+            vertices = batch(np.stack([f.param_62 for f in missing]), np.stack([f.crop_box for f in missing]))
+        else:
+            vertices = [self.aligner.dense(f.param_62, f.crop_box) for f in missing]
+        for face, v in zip(missing, vertices):
+            face.dense_vertices = v
+
+
+def _carry_face_box(track: _Track, face: Face, detected: bool) -> None:
+    """Tracked faces report a box like the detector's: the last detector box, carried along by the landmarks
+    (otherwise the box would jump between the detector box and the ~1.5x larger landmark crop)."""
+    xy = face.landmarks_68[:, :2]
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    center, extent = (lo + hi) / 2, np.maximum(hi - lo, 1e-3)
+    if detected:
+        track.box_in_landmarks = (face.box[:4].reshape(2, 2) - center) / extent
+    elif track.box_in_landmarks is not None:
+        face.box = (center + track.box_in_landmarks * extent).reshape(4).astype(np.float32)
 
 
 def _overlaps_frame(box: np.ndarray, w: int, h: int) -> bool:
     return box[2] > 0 and box[3] > 0 and box[0] < w and box[1] < h
 
 
-def _box_of(face: Face) -> np.ndarray:
-    lm = face.landmarks_68
-    return np.array([lm[:, 0].min(), lm[:, 1].min(), lm[:, 0].max(), lm[:, 1].max()])
+def _box_of(landmarks: np.ndarray) -> np.ndarray:
+    return np.concatenate([landmarks[:, :2].min(axis=0), landmarks[:, :2].max(axis=0)])
 
 
 def _iou(a, b) -> float:
@@ -198,15 +204,26 @@ def _iou(a, b) -> float:
 
 
 def _match_previous(face: Face, tracks) -> _Track | None:
-    """The previous track whose last landmarks overlap this detection best (IoU >= 0.3), to keep its id."""
-    best, best_iou = None, 0.3
-    box = _box_of(face)
+    """The previous track whose last landmarks overlap this detection best (IoU >= MATCH_IOU), to keep its id."""
+    best, best_iou = None, MATCH_IOU
+    box = _box_of(face.landmarks_68)
     for track in tracks:
-        lm = track.landmarks_raw
-        iou = _iou(box, np.array([lm[:, 0].min(), lm[:, 1].min(), lm[:, 0].max(), lm[:, 1].max()]))
+        iou = _iou(box, _box_of(track.landmarks_raw))
         if iou >= best_iou:
             best, best_iou = track, iou
     return best
 
 
-__all__ = ["Tracker", "SmoothingConfig", "OneEuroFilter", "crop_box_from_face_box"]
+def _drop_duplicates(kept: list[tuple[_Track, Face]]) -> list[tuple[_Track, Face]]:
+    if len(kept) < 2:
+        return kept
+    boxes = [_box_of(f.landmarks_68) for _, f in kept]
+    order = sorted(range(len(kept)), key=lambda i: kept[i][0].track_id)
+    survivors: list[int] = []
+    for i in order:
+        if all(_iou(boxes[i], boxes[j]) < DUPLICATE_IOU for j in survivors):
+            survivors.append(i)
+    return [kept[i] for i in sorted(survivors)]
+
+
+__all__ = ["Tracker", "SmoothingConfig", "OneEuroFilter", "bundle_smoothing_default", "crop_box_from_face_box"]

@@ -22,7 +22,7 @@ from tddfa_edge.runtime.frames import as_bgr_uint8, read_image
 
 def test_runtime_import_does_not_pull_torch():
     code = (
-        "import sys, tddfa_edge.runtime, tddfa_edge.runtime.aligner, tddfa_edge.runtime.tracking;"
+        "import sys, tddfa_edge.runtime, tddfa_edge.runtime.aligner, tddfa_edge.runtime.tracking, tddfa_edge.runtime.cli;"
         "heavy=[m for m in ('torch','tensorflow','onnx','litert_torch','matplotlib') if m in sys.modules];"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
