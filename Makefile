@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TARGET ?= x86-1core
 
-.PHONY: setup bundle test test-fast clean
+.PHONY: setup bundle bench test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,3 +28,6 @@ test-fast: setup
 
 clean:
 	rm -rf bundles build *.egg-info .pytest_cache
+
+bench: bundle
+	$(VENV)/bin/tddfa-bench --bundle bundles/$(TARGET) --json bundles/$(TARGET)-bench.json --markdown bundles/$(TARGET)-bench.md
