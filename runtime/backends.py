@@ -50,8 +50,10 @@ class TensorSpec:
     layout: str = "NHWC"
     mean: tuple = (0.0,)
     scale: tuple = (1.0,)
-    quant_scale: float | None = None
-    quant_zero_point: int | None = None
+    # Per-tensor scalars, or per-element lists along the last axis (int8-full regressors quantize each of
+    # the 62 parameters on its own grid).
+    quant_scale: float | tuple | None = None
+    quant_zero_point: int | tuple | None = None
 
     @classmethod
     def from_manifest(cls, entry: dict) -> "TensorSpec":
@@ -64,19 +66,25 @@ class TensorSpec:
             layout=entry.get("layout", "NHWC"),
             mean=tuple(norm.get("mean", (0.0,))),
             scale=tuple(norm.get("scale", (1.0,))),
-            quant_scale=quant.get("scale"),
-            quant_zero_point=quant.get("zero_point"),
+            quant_scale=_scalar_or_tuple(quant.get("scale")),
+            quant_zero_point=_scalar_or_tuple(quant.get("zero_point")),
         )
+
+
+def _scalar_or_tuple(value):
+    return tuple(value) if isinstance(value, list) else value
 
 
 def build_input(pixels_nhwc: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """uint8 BGR pixels (N, H, W, 3) -> the array the model takes."""
     if spec.dtype == "uint8" and spec.mean == (0.0,) and spec.scale == (1.0,) and spec.quant_scale is None:
         x = pixels_nhwc
+    elif spec.dtype == "int8" and spec.mean == (128.0,) and spec.scale == (1.0,) and spec.quant_scale is None:
+        x = (pixels_nhwc ^ np.uint8(0x80)).view(np.int8)  # pixel - 128 without a float round trip
     else:
         x = (pixels_nhwc.astype(np.float32) - np.asarray(spec.mean, np.float32)) * np.asarray(spec.scale, np.float32)
         if spec.quant_scale is not None:
-            x = np.round(x / np.float32(spec.quant_scale)) + spec.quant_zero_point
+            x = np.round(x / np.asarray(spec.quant_scale, np.float32)) + np.asarray(spec.quant_zero_point, np.float32)
         if spec.dtype != "float32":
             info = np.iinfo(spec.dtype)
             x = np.clip(np.round(x), info.min, info.max)
@@ -88,7 +96,7 @@ def build_input(pixels_nhwc: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 def read_output(raw: np.ndarray, spec: TensorSpec) -> np.ndarray:
     if spec.quant_scale is not None:
-        return (raw.astype(np.float32) - np.float32(spec.quant_zero_point)) * np.float32(spec.quant_scale)
+        return (raw.astype(np.float32) - np.asarray(spec.quant_zero_point, np.float32)) * np.asarray(spec.quant_scale, np.float32)
     return raw.astype(np.float32, copy=False)
 
 

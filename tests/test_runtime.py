@@ -114,3 +114,16 @@ def test_bundle_for_another_machine_runs_with_one_warning(tmp_path, upstream_bun
         FaceAligner.from_bundle(copy)
     assert len([w for w in caught if issubclass(w.category, BundleMachineWarning)]) == 1
     assert aligner(np.full((64, 64, 3), 0, np.uint8)) == []
+
+
+def test_tensor_specs_apply_integer_inputs_and_per_element_output_grids():
+    from tddfa_edge.runtime.backends import TensorSpec, build_input, read_output
+
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)
+    centred = build_input(pixels, TensorSpec("image", (1, 16, 16, 3), "int8", mean=(128.0,), scale=(1.0,)))
+    assert centred.dtype == np.int8 and np.array_equal(centred.astype(int), pixels.astype(int) - 128)
+    nchw = build_input(pixels, TensorSpec("image", (1, 3, 16, 16), "float32", layout="NCHW", mean=(127.5,), scale=(1 / 128,)))
+    assert nchw.shape == (1, 3, 16, 16) and np.allclose(nchw[0, 0, 0, :2], [-127.5 / 128, -126.5 / 128])
+    spec = TensorSpec.from_manifest({"name": "param", "shape": [1, 3], "dtype": "uint8",
+                                     "quantization": {"scale": [0.5, 1.0, 2.0], "zero_point": [0, 10, 128]}})
+    assert read_output(np.array([[2, 12, 130]], np.uint8), spec).tolist() == [[1.0, 2.0, 4.0]]
