@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tddfa_edge.runtime.stability import face_size, jitter
+
 
 def landmark_track(aligner, frames: list[np.ndarray]) -> np.ndarray:
     """(T, 68, 2) landmarks of the first tracked face; frames without a face repeat NaN."""
@@ -26,21 +28,15 @@ def landmark_track(aligner, frames: list[np.ndarray]) -> np.ndarray:
     return track
 
 
-def face_size(track: np.ndarray) -> float:
-    extent = np.nanmax(track, axis=1) - np.nanmin(track, axis=1)
-    return float(np.nanmean(np.sqrt(extent[:, 0] * extent[:, 1])))
-
-
 def stability(track: np.ndarray, reference: np.ndarray | None = None) -> dict:
     size = face_size(track)
     step = np.linalg.norm(np.diff(track, axis=0), axis=2)  # (T-1, 68)
-    second = track[2:] - 2 * track[1:-1] + track[:-2]
     out = {
         "frames": int(len(track)),
         "frames_with_face": int(np.isfinite(track[:, 0, 0]).sum()),
         "face_size_px": round(size, 2),
         "frame_to_frame_pct": round(float(np.nanmean(step)) / size * 100, 4),
-        "jitter_pct": round(float(np.sqrt(np.nanmean((second**2).sum(axis=2)))) / size * 100, 4),
+        "jitter_pct": round(jitter(track, size), 4),
     }
     if reference is not None:
         out["vs_reference_pct"] = round(float(np.nanmean(np.linalg.norm(track - reference, axis=2))) / size * 100, 4)

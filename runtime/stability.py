@@ -17,16 +17,16 @@ import numpy as np
 
 
 def face_size(track: np.ndarray) -> float:
-    """Mean sqrt(width x height) of the landmark bounding box over the track, in pixels."""
+    """Mean sqrt(width x height) of the landmark bounding box over the track, in pixels (NaN frames skipped)."""
     xy = np.asarray(track, dtype=np.float64)[..., :2]
-    extent = xy.max(axis=1) - xy.min(axis=1)
-    return float(np.sqrt(extent[:, 0] * extent[:, 1]).mean())
+    extent = np.nanmax(xy, axis=1) - np.nanmin(xy, axis=1)
+    return float(np.nanmean(np.sqrt(extent[:, 0] * extent[:, 1])))
 
 
 def jitter(track: np.ndarray, size: float | None = None) -> float:
     xy = np.asarray(track, dtype=np.float64)[..., :2]
     second = xy[2:] - 2 * xy[1:-1] + xy[:-2]
-    rms = np.sqrt((second**2).sum(axis=-1).mean())
+    rms = np.sqrt(np.nanmean((second**2).sum(axis=-1)))
     return float(100 * rms / (size or face_size(track)))
 
 
