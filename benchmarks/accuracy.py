@@ -31,9 +31,7 @@ def drift(reports: dict[str, NmeReport], params: np.ndarray, ref_reports: dict[s
             "bins": {b: round(g - r, 4) for b, g, r in zip(BIN_NAMES, got.bins, ref.bins)},
             "paired": paired_comparison(ref, got),
         }
-    a = morphable_model.landmarks_in_crop(params)[:, :2]
-    b = morphable_model.landmarks_in_crop(ref_params)[:, :2]
-    per_image = np.linalg.norm(a - b, axis=1).mean(axis=1)
+    per_image = morphable_model.landmark_drift_px(params, ref_params)
     out["landmark_drift_px_120"] = {"mean": round(float(per_image.mean()), 5), "p95": round(float(np.percentile(per_image, 95)), 5),
                                     "max": round(float(per_image.max()), 5)}
     return out

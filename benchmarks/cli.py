@@ -12,8 +12,9 @@ from pathlib import Path
 
 import click
 
-# Same as runner.SECTIONS; repeated so that importing the CLI does not load numpy before BLAS threads are set.
-SECTIONS = ("latency", "cold_start", "accuracy", "stability", "recall", "variants")
+from tddfa_edge.runtime.command_line import OneLineUsage
+
+from .sections import SECTIONS
 
 
 def _sizes(ctx, param, value):
@@ -41,7 +42,7 @@ def _threads_from_manifest(bundle: Path) -> int | None:
         return None  # Bundle.open reports the real problem
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("tddfa-bench", cls=OneLineUsage, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--bundle", "bundle", required=True, type=click.Path(file_okay=False, path_type=Path), help="bundle folder (tddfa-export --out)")
 @click.option("--threads", type=click.IntRange(1, 256), help="threads for the networks, OpenCV and BLAS (default: the target's)")
 @click.option("--quick", is_flag=True, help="short run for CI/tests: 0.3 s per timing, 200 AFLW images, 1 cold start")
@@ -71,7 +72,7 @@ def main(bundle, threads, quick, budget_s, aflw_limit, only, skip, recall_sizes,
     for key in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(key, str(n_threads))
 
-    from tddfa_edge.runtime.errors import BudgetError, TddfaEdgeError
+    from tddfa_edge.contracts.errors import BudgetError, TddfaEdgeError
 
     from .report import markdown_report, text_report, write_json
     from .runner import BenchOptions, run_benchmark

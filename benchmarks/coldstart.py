@@ -136,6 +136,7 @@ def cold_start(bundle: Path, frame: np.ndarray, threads: int, repeats: int = 5, 
     }
 
 
-def bundle_size(bundle: Path) -> dict:
-    files = {p.name: p.stat().st_size for p in sorted(Path(bundle).iterdir()) if p.is_file()}
+def bundle_size(bundle) -> dict:
+    """Bytes of every runtime file of an open ``Bundle`` (install-only files, e.g. the wheelhouse, not counted)."""
+    files = {name: f.size for name, f in sorted(bundle.manifest.files.items()) if not f.install_only}
     return {"total_mb": round(sum(files.values()) / 1e6, 3), "files": files}

@@ -3,9 +3,9 @@
 Two kinds of run per mode, both after a warm-up:
 - end to end: the public API (``aligner(frame)`` or ``tracker(frame)``) timed per frame with
   ``time.perf_counter``; this is where p50 / p90 / fps come from.
-- per stage: the same loop with the aligner's stage methods wrapped by timers (detection, crop + preprocess,
-  regression, 68-point reconstruction, pose, dense); "other" is the end-to-end time minus the stages
-  (Python glue of the aligner / tracker). The wrappers cost ~1 us per call, so stages come from their own run.
+- per stage: the same loop with a ``StageClock`` on the aligner (detection, crop + preprocess, regression,
+  68-point reconstruction, pose, dense); "other" is the end-to-end time minus the stages (Python glue of the
+  aligner / tracker). The clock costs ~1 us per stage, so stages come from their own run.
 
 Video decode is excluded: frames are decoded before any timing.
 
@@ -18,22 +18,16 @@ a preemption lands in one stage of a frame).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-STAGES = ("detection", "crop_preprocess", "regression", "landmarks_68", "pose", "dense", "other")
-# aligner method -> stage; the methods do not call each other across stages, so nothing is counted twice.
-STAGE_METHODS = {
-    "detect": "detection",
-    "crops": "crop_preprocess",
-    "regress_crops": "regression",
-    "landmarks": "landmarks_68",
-    "poses": "pose",
-    "dense": "dense",
-    "dense_batch": "dense",
-}
+from tddfa_edge.runtime.aligner import STAGES as ALIGNER_STAGES
+from tddfa_edge.runtime.aligner import StageClock
+
+STAGES = ALIGNER_STAGES + ("other",)
 
 
 def load_video_frames(path: str | Path, limit: int | None = None) -> list[np.ndarray]:
@@ -48,7 +42,7 @@ def load_video_frames(path: str | Path, limit: int | None = None) -> list[np.nda
         frames.append(frame)
     cap.release()
     if not frames:
-        from tddfa_edge.runtime.errors import DataFileError
+        from tddfa_edge.contracts.errors import DataFileError
 
         raise DataFileError(f"cannot decode any frame of {path}")
     return frames
@@ -66,49 +60,32 @@ def summarize_ms(samples_s) -> dict:
     }
 
 
-@dataclass
-class StageClock:
-    """Wraps an aligner's stage methods (instance attributes shadow the class methods) and sums their time."""
+@contextmanager
+def stage_clock(aligner):
+    """Give ``aligner`` a ``StageClock`` for the duration of the block."""
+    aligner.stage_clock = clock = StageClock()
+    try:
+        yield clock
+    finally:
+        aligner.stage_clock = None
 
-    aligner: object
-    current: dict = field(default_factory=dict)
-    _wrapped: list = field(default_factory=list)
 
-    def __enter__(self) -> "StageClock":
-        for method, stage in STAGE_METHODS.items():
-            original = getattr(self.aligner, method, None)
-            if original is None:
-                continue
-            setattr(self.aligner, method, self._timed(original, stage))
-            self._wrapped.append(method)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for method in self._wrapped:
-            delattr(self.aligner, method)
-        self._wrapped.clear()
-
-    def _timed(self, fn, stage):
-        clock = time.perf_counter
-        current = self.current
-
-        def timed(*args, **kwargs):
-            t0 = clock()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                current[stage] = current.get(stage, 0.0) + clock() - t0
-
-        return timed
-
-    def take(self) -> dict:
-        out = dict(self.current)
-        self.current.clear()
-        return out
+def time_calls(fn, budget_s: float, warmup: int = 10, min_runs: int = 20) -> list[float]:
+    """Seconds per call of ``fn()``, after ``warmup`` calls, for ``budget_s`` seconds and at least ``min_runs`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    perf = time.perf_counter
+    start = perf()
+    while perf() - start < budget_s or len(times) < min_runs:
+        t0 = perf()
+        fn()
+        times.append(perf() - t0)
+    return times
 
 
 def _frame_loop(step, frames: list[np.ndarray], budget_s: float, warmup: int, min_frames: int, restart=None,
-                clock: StageClock | None = None):
+                clock=None):
     """Run ``step(frame)`` over the frames (cycled) for ``budget_s`` after ``warmup`` frames.
 
     ``restart`` is called whenever the frame list starts over (tracking resets there). Returns per-frame
@@ -175,8 +152,7 @@ def image_mode(aligner, frames: list[np.ndarray], budget_s: float, warmup: int =
         "faces_per_frame": round(float(np.mean(loop.flags)), 3),
     }
     if stages:
-        clock = StageClock(aligner)
-        with clock:
+        with stage_clock(aligner) as clock:
             staged = _frame_loop(step, frames, budget_s / 2, min(warmup, 3), min_frames, clock=clock)
         out["stages"] = _stage_summary(staged.stages, staged.times)
     return out
@@ -210,8 +186,7 @@ def tracking_mode(aligner, frames: list[np.ndarray], budget_s: float, dense: boo
         "dense": dense,
     }
     if stages:
-        clock = StageClock(aligner)
-        with clock:
+        with stage_clock(aligner) as clock:
             staged = _frame_loop(step, frames, budget_s / 2, min(warmup, 3), min_frames, restart=tracker.reset, clock=clock)
         keep = [not d for d in staged.flags]
         out["stages"] = _stage_summary([s for s, k in zip(staged.stages, keep) if k], [t for t, k in zip(staged.times, keep) if k])
@@ -220,13 +195,4 @@ def tracking_mode(aligner, frames: list[np.ndarray], budget_s: float, dense: boo
 
 def model_latency(model, example: np.ndarray, budget_s: float, warmup: int = 10, min_runs: int = 20) -> dict:
     """One network alone (``LoadedModel``), input already prepared; includes its input/output conversion."""
-    for _ in range(warmup):
-        model(example)
-    times = []
-    perf = time.perf_counter
-    start = perf()
-    while perf() - start < budget_s or len(times) < min_runs:
-        t0 = perf()
-        model(example)
-        times.append(perf() - t0)
-    return summarize_ms(times)
+    return summarize_ms(time_calls(lambda: model(example), budget_s, warmup, min_runs))

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from tddfa_edge.runtime.data_files import resolve_data_file
-from tddfa_edge.runtime.errors import DataFileError
-from tddfa_edge.runtime.morphable_model import MorphableModel, crop_to_frame
+from tddfa_edge.datasets.locate import resolve_data_file
+from tddfa_edge.contracts.errors import DataFileError
+from tddfa_edge.runtime.morphable_model import MorphableModel
 
-YAW_BINS = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))
 BIN_NAMES = ("0-30", "30-60", "60-90")
 
 
@@ -76,9 +74,15 @@ class NmeReport:
 
 
 def landmarks_in_image(mm: MorphableModel, params: np.ndarray, roi_boxes: np.ndarray) -> np.ndarray:
-    """(N, 62) params of the benchmark crops -> (N, 3, 68) landmarks in original-image pixels."""
-    in_crop = mm.landmarks_in_crop(params)
-    return np.stack([crop_to_frame(v, box) for v, box in zip(in_crop, roi_boxes)])
+    """(N, 62) params of the benchmark crops -> (N, 3, 68) landmarks in original-image pixels, mapped through each
+    crop's roi box exactly as the runtime maps a face's crop into its frame."""
+    return mm.landmarks_in_frame(params, roi_boxes).transpose(0, 2, 1)
+
+
+def yaw_bin_masks(yaw_deg: np.ndarray) -> list[np.ndarray]:
+    """|yaw| <= 30, 30 < |yaw| <= 60, |yaw| > 60 degrees: the 3DDFA protocol's three bins."""
+    abs_yaw = np.abs(np.asarray(yaw_deg, dtype=np.float64))
+    return [abs_yaw <= 30, (abs_yaw > 30) & (abs_yaw <= 60), abs_yaw > 60]
 
 
 def nme_report(pred: np.ndarray, gt: np.ndarray, yaw: np.ndarray) -> NmeReport:
@@ -86,8 +90,7 @@ def nme_report(pred: np.ndarray, gt: np.ndarray, yaw: np.ndarray) -> NmeReport:
     minimum, maximum = gt_xy.min(axis=2), gt_xy.max(axis=2)
     size = np.sqrt((maximum[:, 0] - minimum[:, 0]) * (maximum[:, 1] - minimum[:, 1]))
     per_image = np.linalg.norm(pred_xy - gt_xy, axis=1).mean(axis=1) / size * 100
-    abs_yaw = np.abs(yaw)
-    masks = [abs_yaw <= 30, (abs_yaw > 30) & (abs_yaw <= 60), abs_yaw > 60]
+    masks = yaw_bin_masks(yaw)
     bins = tuple(float(per_image[m].mean()) if m.any() else float("nan") for m in masks)
     return NmeReport(per_image, bins, tuple(int(m.sum()) for m in masks), float(np.nanmean(bins)))
 

@@ -114,6 +114,34 @@ def blocks(report: dict) -> list:
                  _f(r["median_iou"]), f"{r['detector_ms_720p']:.3f}"] for r in rec["sizes"]]
         out.append((f"Detector recall vs the original pipeline ({rec['detector_variant']}, {rec['interpolation']} resize, IoU >= 0.5)",
                     ["input size (* bundle)", "recall", "faces", "per source", "extra", "IoU p50", "detect ms @720p"], rows))
+    fs = report.get("face_size")
+    if fs:
+        bins = [b["range"] for b in fs["rows"][0]["bins"]] if fs["rows"] else []
+        rows = [[f"{r['variant']} @ {r['input']}" + (" *" if r.get("default") else "")]
+                + [_f(b["recall"], "{:.2f}") for b in r["bins"]]
+                + [_f(r["recall"], "{:.3f}"), _f(r["fp_per_frame"], "{:.2f}"), _f(r["detector_ms"], "{:.2f}")] for r in fs["rows"]]
+        out.append((f"Recall by face width, {fs['frames']} multi-scale 1280x720 frames (IoU >= 0.3 with the 68-point box; "
+                    f"score >= {fs['score_threshold']}; {fs['note']})",
+                    ["detector @ input (* default)"] + [f"{b} px" for b in bins] + ["all", "FP/frame", "detect ms"], rows))
+    e2e = report.get("end_to_end")
+    if e2e:
+        def e2e_row(label, r):
+            return [label, " / ".join(_f(b["nme"], "{:.3f}") for b in r["bins"].values()), _f(r["headline"], "{:.4f}"),
+                    " / ".join(str(b["misses"]) for b in r["bins"].values())]
+        rows = [e2e_row(f"{e2e['default']['regressor']} + {e2e['default']['detector']} (refine {'on' if e2e['refine_detections'] else 'off'})",
+                        e2e["default"]),
+                e2e_row(f"same, refine {'on' if e2e['refine_switched']['refine_detections'] else 'off'}", e2e["refine_switched"])]
+        if "fp32" in e2e:
+            rows.append(e2e_row(f"{e2e['fp32']['regressor']} + {e2e['fp32']['detector']} (fp32)", e2e["fp32"]))
+        title = f"End-to-end NME % on {e2e['photos']} AFLW2000-3D original photos (detector + crop + regressor)"
+        if "drift_vs_fp32" in e2e:
+            title += f"; default minus fp32: {e2e['drift_vs_fp32']:+.4f}"
+        out.append((title, ["pipeline", "yaw 0-30/30-60/60-90", "NME", "misses per bin"], rows))
+    run = report.get("run")
+    if run:
+        rows = [[mode, str(r.get("frames", "-")), _f(r.get("fps_after_first_frame"), "{:.1f}"), _f(r.get("process_s"), "{:.2f}"),
+                 r.get("error", "")] for mode, r in run.items() if isinstance(r, dict)]
+        out.append(("tddfa-run on the video as a process (" + run["definition"] + ")", ["mode", "frames", "fps", "process s", "error"], rows))
     if report.get("variants"):
         out.append(("Variants (p50 ms = the network alone; fps with the default counterpart)", VARIANT_HEADER, variant_rows(report)))
     gate = report["gate"]

@@ -2,8 +2,11 @@
 
 Sections: machine, bundle, latency (image / tracking / tracking dense, per stage), cold_start (+ peak RSS),
 accuracy (AFLW2000-3D per regressor variant, drift vs fp32, CED plot), stability (video jitter per variant),
-detector_recall (vs the original pipeline, at the bundle's input size and any extra sizes), variants (the
-comparison table) and gate (the target's budgets). Only runtime dependencies (+ matplotlib for the plot).
+detector_recall (vs the original pipeline on the reference photos and video), face_size (recall per face width
+on multi-scale frames, false positives, detector ms, per detector variant and input size), end_to_end (NME on
+whole photos through detector + crop + regressor, and its drift from the bundle's fp32 pipeline), run (tddfa-run
+as a process on the video: decode, track, write), variants (the comparison table) and gate (the target's
+budgets). Only runtime dependencies (+ matplotlib for the plot).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-SECTIONS = ("latency", "cold_start", "accuracy", "stability", "recall", "variants")
+from .sections import SECTIONS
+
 # The instruction-set features that decide which int8/fp32 kernels the backends pick.
 CPU_FEATURES = {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "asimd", "asimddp", "i8mm", "sve"}
 PACKAGES = ("tddfa-edge", "numpy", "opencv-python-headless", "onnxruntime", "ai-edge-litert", "tflite-runtime", "matplotlib")
@@ -99,7 +103,7 @@ def _budgets(opts: BenchOptions, bundle) -> tuple[dict, str]:
 
         target = load_target(opts.budgets_from)
         return dataclasses.asdict(target.budgets), f"{opts.budgets_from}"
-    return dict(bundle.target.get("budgets") or {}), "bundle manifest (target at export)"
+    return dataclasses.asdict(bundle.target.budgets), "bundle manifest (target at export)"
 
 
 def run_benchmark(opts: BenchOptions) -> dict:
@@ -115,7 +119,7 @@ class _Run:
 
         from tddfa_edge.runtime.aligner import FaceAligner
         from tddfa_edge.runtime.bundle import Bundle
-        from tddfa_edge.runtime.data_files import resolve_data_file
+        from tddfa_edge.datasets.locate import resolve_data_file
 
         from .latency import load_video_frames
 
@@ -123,7 +127,7 @@ class _Run:
         self.started = time.perf_counter()
         self.bundle = Bundle.open(opts.bundle, verify=True)
         self.target = self.bundle.target
-        self.threads = int(opts.threads or self.target.get("threads") or 1)
+        self.threads = int(opts.threads or self.target.threads)
         cv2.setNumThreads(self.threads)
         self.video_path = Path(opts.video) if opts.video else resolve_data_file("videos/obama.mp4", opts.data_dir)
         self.frames = load_video_frames(self.video_path)
@@ -152,7 +156,7 @@ class _Run:
         opts, sections = self.opts, set(self.opts.sections)
         budgets, budgets_source = _budgets(opts, self.bundle)
         report = self.header(budgets_source)
-        self.log(f"bundle {self.bundle.root} (target {self.target.get('name')}), {self.threads} thread(s), {len(self.frames)} frames")
+        self.log(f"bundle {self.bundle.root} (target {self.target.name}), {self.threads} thread(s), {len(self.frames)} frames")
         if "latency" in sections:
             report["latency"] = self.latency()
         if "cold_start" in sections:
@@ -171,8 +175,14 @@ class _Run:
                 self.detector_variants()
                 self.relative_latency()
                 report["variants"] = self.variants
-        if "recall" in sections and self.aligner.detector is not None:
+        if "recall" in sections:
             report["detector_recall"] = self.recall()
+        if "face_size" in sections:
+            report["face_size"] = self.face_size()
+        if "end_to_end" in sections:
+            report["end_to_end"] = self.end_to_end()
+        if "run" in sections:
+            report["run"] = self.run_cli()
         report["gate"] = evaluate_gate(report, budgets, budgets_source)
         return report
 
@@ -181,7 +191,7 @@ class _Run:
         from .coldstart import bundle_size
 
         manifest, frames = self.bundle.manifest, self.frames
-        pipeline = manifest.get("pipeline", {})
+        pipeline = manifest.pipeline
         return {
             "tool": "tddfa-bench",
             "machine": machine_info(),
@@ -191,11 +201,13 @@ class _Run:
                 "video": f"{self.video_path.name} ({frames[0].shape[1]}x{frames[0].shape[0]}, {len(frames)} frames, decoded before timing)",
             },
             "bundle": {
-                "target": self.target.get("name"), "target_arch": self.target.get("arch"), "description": self.target.get("description"),
-                "defaults": manifest.get("defaults", {}), "defaults_used": {"regressor": self.default_reg, "detector": self.default_det},
-                "size": bundle_size(self.bundle.root), "toolkit_version": manifest.get("toolkit_version"),
-                "detector_input_size": (pipeline.get("detector") or {}).get("input_size"),
-                "crop_interpolation": pipeline.get("crop_interpolation"),
+                "target": self.target.name, "target_arch": self.target.arch, "description": self.target.description,
+                "manifest_sha256": self.bundle.identity,
+                "defaults": dataclasses.asdict(manifest.defaults), "defaults_used": {"regressor": self.default_reg, "detector": self.default_det},
+                "size": bundle_size(self.bundle), "toolkit_version": manifest.toolkit_version,
+                "detector": pipeline.detector.architecture,
+                "detector_input_size": list(pipeline.detector.input_size) if pipeline.detector.input_size else None,
+                "crop_interpolation": pipeline.crop_interpolation,
             },
         }
 
@@ -240,7 +252,7 @@ class _Run:
         from tddfa_edge.runtime.crop import crop_boxes_from_face_boxes
 
         if self.aligner.detector is not None:
-            boxes = self.aligner.detect(self.frames[0])
+            boxes = self.aligner.detect(self.frames[0]).boxes
             if len(boxes):
                 return self.aligner.crops(self.frames[0], crop_boxes_from_face_boxes(boxes[:1]))
         return np.full((1, 120, 120, 3), 127, np.uint8)
@@ -252,9 +264,9 @@ class _Run:
 
         opts, frames = self.opts, self.frames
         crop = self.example_crop() if timing else None
-        for entry in self.bundle.models("regressor"):
+        for entry in self.bundle.manifest.models_of("regressor"):
             key = f"regressor/{entry.variant}"
-            row = self.variants[key] = _variant_row(entry, entry.variant == self.default_reg)
+            row = self.variants[key] = _variant_row(self.bundle, entry, entry.variant == self.default_reg)
             try:
                 al = self.aligner_for(regressor=entry.variant)
                 row["backend"] = al.regressor.session.backend
@@ -277,9 +289,9 @@ class _Run:
     def accuracy(self, data) -> dict:
         from . import accuracy as acc
 
-        reference, precision = self.reference, {e.variant: e.precision for e in self.bundle.models("regressor")}
+        reference, precision = self.reference, {e.variant: e.precision for e in self.bundle.manifest.models_of("regressor")}
         out = {"reference": reference, "images": int(len(data.crops)), "variants": {}}
-        checkpoint = (self.bundle.manifest.get("sources", {}).get("regressor") or {}).get("name", "")
+        checkpoint = self.bundle.manifest.sources["regressor"].name
         for variant, reports in self.reports.items():
             entry = {"nme": self.variants[f"regressor/{variant}"]["nme"], "precision": precision[variant]}
             if reference is not None:
@@ -291,7 +303,7 @@ class _Run:
             self.variants[f"regressor/{variant}"]["drift"] = ((entry.get("drift") or {}).get("original") or {}).get("headline")
         if self.opts.ced_path is not None and self.reports:
             curves = {v: (r["original"].per_image, r["original"].headline) for v, r in self.reports.items()}
-            title = f"AFLW2000-3D CED ({len(data.crops)} images), {self.target.get('name')}"
+            title = f"AFLW2000-3D CED ({len(data.crops)} images), {self.target.name}"
             out["ced_png"] = acc.plot_ced(curves, self.opts.ced_path, title) or \
                 "not written: matplotlib is not installed (pip install 'tddfa-edge[bench]')"
         return out
@@ -306,25 +318,23 @@ class _Run:
     def detector_variants(self) -> None:
         from tddfa_edge.runtime.detector import prepare_detector_input
 
-        from .detector_recall import recall_at, run_detector
+        from .detector_recall import recall_at
         from .latency import image_mode, model_latency
 
-        if self.aligner.detector is None:
-            return
         opts, sets = self.opts, None
-        for entry in self.bundle.models("detector"):
+        for entry in self.bundle.manifest.models_of("detector"):
             key = f"detector/{entry.variant}"
-            row = self.variants[key] = _variant_row(entry, entry.variant == self.default_det)
+            row = self.variants[key] = _variant_row(self.bundle, entry, entry.variant == self.default_det)
             try:
                 al = self.aligner_for(detector=entry.variant)
-                row["backend"] = al.detector.session.backend
+                row["backend"] = al.detector.model.session.backend
                 self.log(f"{key}: latency and recall")
-                prepared = prepare_detector_input(self.frames[0], al.config.detector).image[None]
-                row["model_latency"] = model_latency(al.detector, prepared, opts.budget / 2)
+                prepared = prepare_detector_input(self.frames[0], al.detector.settings).image[None]
+                row["model_latency"] = model_latency(al.detector.model, prepared, opts.budget / 2)
                 row["image_mode"] = image_mode(al, self.frames, opts.budget / 2, stages=False, **opts.warmup)
                 if sets is None:
-                    sets = _default_detector_sets(self.aligner, self.recall_frames, run_detector, opts.data_dir)
-                row["recall_vs_default"] = recall_at(al.detector, sets, al.config.detector)["recall"]
+                    sets = _default_detector_sets(self.aligner.detector, self.recall_frames, opts.data_dir)
+                row["recall_vs_default"] = recall_at(al.detector, sets)["recall"]
                 row["status"] = "ok"
             except Exception as exc:
                 row["status"] = f"failed: {_error_line(exc)}"
@@ -342,32 +352,114 @@ class _Run:
         from .detector_recall import recall_study
 
         self.log("detector recall vs the original pipeline")
-        out = recall_study(self.aligner, self.opts.data_dir, self.recall_frames, list(self.opts.recall_sizes),
+        out = recall_study(self.aligner.detector, self.opts.data_dir, self.recall_frames, list(self.opts.recall_sizes),
                            budget_s=min(self.opts.budget, 1.0))
         out["video_frames"] = f"{len(self.recall_frames)} of {len(self.frames)}"
         return out
 
 
-def _variant_row(entry, default: bool) -> dict:
+    def face_size(self) -> dict:
+        from .face_size_recall import DEFAULT_FRAMES, build_multiscale_frames, recall_by_width
+        from .detector_recall import dynamic_shape, original_pipeline
+
+        count = 40 if self.opts.quick else DEFAULT_FRAMES
+        self.log(f"face-size recall: building {count} multi-scale frames")
+        frames = build_multiscale_frames(self.opts.data_dir, frames=count)
+        rows = []
+        for record in self.bundle.manifest.models_of("detector"):
+            detector = self.aligner_for(detector=record.variant).detector
+            sizes: list = [detector.settings.input_size]
+            if dynamic_shape(detector):
+                if detector.settings.architecture == "faceboxes":
+                    sizes.insert(0, "original")
+                sizes += [tuple(s) for s in self.opts.recall_sizes if tuple(s) != detector.settings.input_size]
+            for size in sizes:
+                candidate = original_pipeline(detector) if size == "original" else detector.with_settings(input_size=size)
+                label = "original (fit 1080x720)" if size == "original" else ("dynamic" if size is None else f"{size[0]}x{size[1]}")
+                self.log(f"face-size recall: {record.variant} at {label}")
+                row = recall_by_width(lambda image: candidate(image).boxes, frames)
+                row.update(variant=record.variant, input=label, default=record.variant == self.default_det and
+                           size == self.aligner.detector.settings.input_size)
+                rows.append(row)
+        return {"frames": count, "architecture": self.bundle.manifest.pipeline.detector.architecture,
+                "score_threshold": self.bundle.manifest.pipeline.detector.score_threshold, "rows": rows,
+                "note": "quick run: 40 frames, about +-0.15 per bin" if self.opts.quick else "150 frames, about +-0.07 per bin"}
+
+    def end_to_end(self) -> dict:
+        from .end_to_end import evaluate, load_originals
+
+        limit = 100 if self.opts.quick else None
+        data = load_originals(self.opts.data_dir, limit)
+        refine = self.bundle.manifest.pipeline.refine_detections
+        self.log(f"end-to-end NME on {len(data.names)} photos (default pipeline)")
+        out = {"photos": len(data.names), "refine_detections": refine,
+               "default": {"regressor": self.default_reg, "detector": self.default_det, **evaluate(self.aligner, data)}}
+        self.log("end-to-end NME with the refine pass switched the other way")
+        out["refine_switched"] = {"refine_detections": not refine, **evaluate(self.aligner, data, refine=not refine)}
+        fp32 = self.fp32_pair()
+        if fp32 is not None and fp32 != (self.default_reg, self.default_det):
+            self.log(f"end-to-end NME of the fp32 pipeline {fp32[0]} + {fp32[1]}")
+            reference = evaluate(self.aligner_for(regressor=fp32[0], detector=fp32[1]), data)
+            out["fp32"] = {"regressor": fp32[0], "detector": fp32[1], **reference}
+            out["drift_vs_fp32"] = round(out["default"]["headline"] - reference["headline"], 4)
+        return out
+
+    def fp32_pair(self) -> tuple[str, str] | None:
+        """The bundle's fp32 regressor and detector variants (same format as the defaults when there is a choice)."""
+        manifest = self.bundle.manifest
+
+        def pick(role, default):
+            fp32 = [m.variant for m in manifest.models_of(role) if m.precision == "fp32"]
+            same_format = [v for v in fp32 if v.split("-")[0] == default.split("-")[0]]
+            return (same_format or fp32 or [None])[0]
+
+        regressor, detector = pick("regressor", self.default_reg), pick("detector", self.default_det)
+        return (regressor, detector) if regressor and detector else None
+
+    def run_cli(self) -> dict:
+        """``tddfa-run`` as a user runs it, on the video: decoding, tracking and writing records included."""
+        import subprocess
+        import sys
+        import tempfile
+
+        out = {}
+        with tempfile.TemporaryDirectory(prefix="tddfa-bench-run-") as tmp:
+            for dense in ((False, True) if self.aligner.morphable_model.has_dense else (False,)):
+                timings = {}
+                for frames in (1, None):
+                    args = [sys.executable, "-m", "tddfa_edge.runtime.cli", "--bundle", str(self.bundle.root), str(self.video_path),
+                            "--out", str(Path(tmp) / "records.jsonl"), "--threads", str(self.threads), "--no-progress"]
+                    args += ["--dense"] if dense else []
+                    args += ["--max-frames", "1"] if frames == 1 else []
+                    self.log(f"tddfa-run on {self.video_path.name}{' --dense' if dense else ''}{' (first frame only)' if frames else ''}")
+                    t0 = time.perf_counter()
+                    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+                    timings[frames] = time.perf_counter() - t0
+                    if proc.returncode != 0:
+                        out["dense" if dense else "sparse"] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+                        break
+                else:
+                    n = len(self.frames)
+                    out["dense" if dense else "sparse"] = {
+                        "frames": n, "process_s": round(timings[None], 3), "startup_and_first_frame_s": round(timings[1], 3),
+                        "fps_after_first_frame": round((n - 1) / max(timings[None] - timings[1], 1e-9), 1),
+                    }
+        out["definition"] = ("`tddfa-run --bundle B video --out records.jsonl` in a fresh process; fps = (frames - 1) / "
+                             "(whole run - a run stopped after the first frame): decode, track, write, without start-up")
+        return out
+
+
+def _variant_row(bundle, entry, default: bool) -> dict:
     return {"role": entry.role, "variant": entry.variant, "format": entry.format, "precision": entry.precision,
-            "size_mb": round(entry.path.stat().st_size / 1e6, 3), "default": default}
+            "size_mb": round(bundle.manifest.files[entry.file].size / 1e6, 3), "default": default}
 
 
-def _default_detector_sets(aligner, frames, run_detector, data_dir):
+def _default_detector_sets(detector, frames, data_dir):
     """Frames plus the default detector's boxes on them: what other detector variants are compared with."""
-    import cv2
+    from tddfa_edge.datasets.reference import reference_photos
 
-    from tddfa_edge.runtime.data_files import resolve_data_file
-
-    from .detector_recall import PHOTOS
-
-    sets = []
-    for name, rel in PHOTOS:
-        frame = cv2.imread(str(resolve_data_file(rel, data_dir)), cv2.IMREAD_COLOR)
-        sets.append(("photos", name, frame, run_detector(aligner.detector, frame, aligner.config.detector)))
-    for i, frame in enumerate(frames):
-        sets.append(("video", f"frame{i}", frame, run_detector(aligner.detector, frame, aligner.config.detector)))
-    return sets
+    sets = [("photos", name, frame, detector(frame).boxes) for name, frame in reference_photos(data_dir)]
+    return sets + [("video", f"frame{i}", frame, detector(frame).boxes) for i, frame in enumerate(frames)]
 
 
 def evaluate_gate(report: dict, budgets: dict, source: str) -> dict:
@@ -413,6 +505,29 @@ def evaluate_gate(report: dict, budgets: dict, source: str) -> dict:
         memory = (report.get("cold_start") or {}).get("memory") or {}
         value = memory.get("peak_rss_mb")
         check("max_peak_rss_mb", value, limit, value is not None and value <= limit, "fresh process, video in tracking + image mode")
+
+    floors = budgets.get("min_face_recall")
+    rows = [r for r in (report.get("face_size") or {}).get("rows", []) if r.get("default")]
+    if floors is not None:
+        if not rows:
+            check("min_face_recall", None, list(floors), False)
+        elif report["config"]["quick"]:
+            checks.append({"budget": "min_face_recall", "value": None, "limit": list(floors), "status": "skipped",
+                           "note": "quick run: 40 frames are too few for a per-bin floor"})
+        else:
+            gated = [b for b in rows[0]["bins"] if b["lo"] >= 24]
+            value = [b["recall"] for b in gated]
+            ok = len(value) == len(floors) and all(v is not None and v >= f for v, f in zip(value, floors))
+            check("min_face_recall", value, list(floors), ok, f"default detector {rows[0]['variant']} at {rows[0]['input']}, "
+                  f"bins {', '.join(b['range'] for b in gated)} px")
+    limit = budgets.get("max_end_to_end_drift")
+    e2e = report.get("end_to_end") or {}
+    if limit is not None and "drift_vs_fp32" in e2e:
+        check("max_end_to_end_drift", e2e["drift_vs_fp32"], limit, e2e["drift_vs_fp32"] <= limit,
+              f"end-to-end NME, {e2e['photos']} photos, default pipeline minus {e2e['fp32']['regressor']} + {e2e['fp32']['detector']}")
+    elif limit is not None and e2e:
+        checks.append({"budget": "max_end_to_end_drift", "value": None, "limit": limit, "status": "skipped",
+                       "note": "the bundle carries no fp32 variant to compare with (export one with --precision fp32)"})
 
     failed = [c for c in checks if c["status"] == "FAIL"]
     return {"passed": not failed, "budgets_from": source, "checks": checks, "failed": [c["budget"] for c in failed]}

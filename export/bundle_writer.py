@@ -6,7 +6,7 @@ there untouched, or the new one is complete with its manifest.
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import shutil
 import tarfile
@@ -14,9 +14,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from tddfa_edge.runtime.bundle import MANIFEST
-from tddfa_edge.runtime.data_files import sha256_file
-from tddfa_edge.runtime.errors import ExportError
+from tddfa_edge.contracts.errors import OutputError, UsageError
+from tddfa_edge.runtime.bundle import file_sha256
+from tddfa_edge.runtime.manifest import MANIFEST, MANIFEST_DIGEST, MANIFEST_SIGNATURE, FileRecord, Manifest, digest_line
 
 
 @contextmanager
@@ -28,13 +28,13 @@ def staging_folder(destination: Path):
         parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{destination.name}.staging-", dir=parent))
     except OSError as exc:
-        raise ExportError(f"output folder {parent} is not writable: {exc.strerror or exc}") from None
+        raise OutputError(f"output folder {parent} is not writable: {exc.strerror or exc}") from None
     try:
         yield stage
         os.chmod(stage, 0o755)
         if destination.exists():
             if not (destination / MANIFEST).is_file() and any(destination.iterdir()):
-                raise ExportError(f"{destination} exists and is not a bundle; refusing to replace it")
+                raise UsageError(f"{destination} exists and is not a bundle; refusing to replace it")
             old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=parent))
             os.replace(destination, old / "bundle")
             os.replace(stage, destination)
@@ -46,30 +46,34 @@ def staging_folder(destination: Path):
             shutil.rmtree(stage, ignore_errors=True)
 
 
-# Install-time files: pip checks them (--require-hashes) and the manifest's "wheelhouse" section lists
-# them with sha256; the runtime does not need them, so an image may delete them after installing.
+# Install-time files: pip checks them (--require-hashes) and the runtime checks them when present; the runtime
+# does not need them, so an image may delete them after installing.
 INSTALL_ONLY = ("wheelhouse/", "requirements.txt")
 
 
-def file_table(folder: Path) -> dict[str, dict]:
-    """sha256 and size of every runtime file in ``folder`` (recursively), except the manifest itself."""
+def file_table(folder: Path) -> dict[str, FileRecord]:
+    """sha256 and size of every file in ``folder`` (recursively), except the manifest and its digest."""
     table = {}
     for path in sorted(folder.rglob("*")):
-        rel_posix = path.relative_to(folder).as_posix()
-        if rel_posix.startswith(INSTALL_ONLY[0]) or rel_posix == INSTALL_ONLY[1]:
-            continue
-        if path.is_file() and path.name != MANIFEST:
-            rel = path.relative_to(folder).as_posix()
-            table[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+        rel = path.relative_to(folder).as_posix()
+        if path.is_file() and rel not in (MANIFEST, MANIFEST_DIGEST, MANIFEST_SIGNATURE):
+            install_only = rel.startswith(INSTALL_ONLY[0]) or rel == INSTALL_ONLY[1]
+            table[rel] = FileRecord(file_sha256(path), path.stat().st_size, install_only)
     return table
 
 
-def write_manifest(folder: Path, manifest: dict) -> Path:
-    manifest = dict(manifest)
-    manifest["files"] = file_table(folder)
-    path = folder / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+def write_manifest(folder: Path, manifest: Manifest, signing_key: Path | None = None) -> str:
+    """Write ``manifest.json``, ``manifest.json.sha256`` and, with a key, ``manifest.json.sig``; returns the manifest's
+    sha256 (the bundle's identity)."""
+    raw = manifest.to_json()
+    (folder / MANIFEST).write_bytes(raw)
+    identity = hashlib.sha256(raw).hexdigest()
+    (folder / MANIFEST_DIGEST).write_bytes(digest_line(identity))
+    if signing_key is not None:
+        from tddfa_edge.runtime.signing import sign
+
+        (folder / MANIFEST_SIGNATURE).write_bytes(sign(raw, signing_key))
+    return identity
 
 
 def write_archive(folder: Path, archive: Path) -> Path:

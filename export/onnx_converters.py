@@ -1,27 +1,12 @@
-"""fp32 ONNX converters for both networks."""
+"""fp32 ONNX converters: the regressor and the detectors (FaceBoxes, YuNet-n/-s)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from .artifacts import ExportContext, ModelArtifact, check_file, register, regressor_io
-
-
-def detector_io(input_size, dtype: str = "uint8") -> tuple[list[dict], list[dict]]:
-    h, w = (input_size[1], input_size[0]) if input_size else ("H", "W")
-    inputs = [{
-        "name": "image", "shape": [1, h, w, 3], "dtype": dtype, "layout": "NHWC",
-        "normalization": {"mean": [0.0], "scale": [1.0]}, "quantization": None,
-        "description": "BGR frame (letterboxed when the size is fixed); the graph subtracts the BGR mean 104,117,123",
-    }]
-    outputs = [
-        {"name": "loc", "shape": [1, "P", 4], "dtype": "float32", "quantization": None,
-         "description": "SSD offsets against the priors of this input size"},
-        {"name": "conf", "shape": [1, "P", 2], "dtype": "float32", "quantization": None,
-         "description": "softmax (background, face)"},
-    ]
-    return inputs, outputs
+from .artifacts import ExportContext, ModelArtifact, check_file, register
+from .model_io import detector_io, regressor_io, yunet_io
 
 
 @register("regressor", "onnx", "fp32")
@@ -34,10 +19,22 @@ def regressor_onnx_fp32(ctx: ExportContext, role: str, folder: Path) -> ModelArt
                          details={"opset": 17, "simplifier": "onnxslim"})
 
 
-@register("detector", "onnx", "fp32")
+@register("faceboxes", "onnx", "fp32")
 def detector_onnx_fp32(ctx: ExportContext, role: str, folder: Path) -> ModelArtifact:
     name = "detector.fp32.onnx"
     shutil.copyfile(ctx.fp32_onnx("detector"), folder / name)
     check_file(folder / name)
     inputs, outputs = detector_io(ctx.detector_input_size)
     return ModelArtifact(name, role, "onnx", "fp32", inputs, outputs, details={"opset": 17, "dynamic_shape": True})
+
+
+@register("yunet", "onnx", "fp32")
+def yunet_onnx_fp32(ctx: ExportContext, role: str, folder: Path) -> ModelArtifact:
+    """YuNet on uint8 NHWC BGR pixels (no mean), dynamic H and W (multiples of 32), 12 outputs (1, cells, k)."""
+    name = "detector.fp32.onnx"
+    shutil.copyfile(ctx.fp32_onnx("detector"), folder / name)
+    check_file(folder / name)
+    inputs, outputs = yunet_io(ctx.detector_input_size)
+    return ModelArtifact(name, role, "onnx", "fp32", inputs, outputs,
+                         details={"opset": 17, "simplifier": "onnxslim", "dynamic_shape": True,
+                                  "outputs": "cls/obj after the sigmoid, bbox/kps raw (runtime.yunet_decoding)"})

@@ -6,10 +6,9 @@ import io
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from tddfa_edge.runtime.errors import ExportError
+from tddfa_edge.contracts.errors import ExportError
 
 from .graph_wrappers import DetectorFromPixels, RegressorFromPixels
 
@@ -58,29 +57,24 @@ def export_regressor_onnx(regressor: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-def export_detector_onnx(detector: torch.nn.Module, path: Path) -> Path:
-    wrapper = DetectorFromPixels(detector).eval()
-    example = torch.zeros((1, 256, 320, 3), dtype=torch.uint8)
-    raw = _export(
-        wrapper, example, ["image"], ["loc", "conf"],
-        {"image": {1: "height", 2: "width"}, "loc": {1: "priors"}, "conf": {1: "priors"}},
-    )
+def export_detector_onnx(detector: torch.nn.Module, path: Path, family: str = "faceboxes") -> Path:
+    """The detector on uint8 NHWC BGR pixels, dynamic height and width. FaceBoxes: ``loc``, ``conf`` over the priors;
+    YuNet: its 12 per-stride outputs (``runtime.detector.YUNET_OUTPUTS`` order), each (1, cells, k)."""
+    wrapper = DetectorFromPixels(detector, family).eval()
+    if family == "yunet":
+        from tddfa_edge.runtime.detector import YUNET_OUTPUTS
+
+        # 256 x 320 is a multiple of 32; the axes stay symbolic (H and W must be multiples of 32 at run time).
+        example = torch.zeros((1, 256, 320, 3), dtype=torch.uint8)
+        names = list(YUNET_OUTPUTS)
+        dynamic = {"image": {1: "height", 2: "width"}}
+        dynamic.update({name: {1: f"cells_{name.rsplit('_', 1)[1]}"} for name in names})
+        raw = _export(wrapper, example, ["image"], names, dynamic)
+    else:
+        example = torch.zeros((1, 256, 320, 3), dtype=torch.uint8)
+        raw = _export(
+            wrapper, example, ["image"], ["loc", "conf"],
+            {"image": {1: "height", 2: "width"}, "loc": {1: "priors"}, "conf": {1: "priors"}},
+        )
     path.write_bytes(_simplify(raw))
     return path
-
-
-def torch_regressor_outputs(regressor: torch.nn.Module, crops_nhwc: np.ndarray, batch: int = 64) -> np.ndarray:
-    """fp32 PyTorch reference: (N, 120, 120, 3) uint8 -> (N, 62) normalized parameters."""
-    wrapper = RegressorFromPixels(regressor).eval()
-    outs = []
-    with torch.no_grad():
-        for start in range(0, len(crops_nhwc), batch):
-            outs.append(wrapper(torch.from_numpy(np.ascontiguousarray(crops_nhwc[start : start + batch]))).numpy())
-    return np.concatenate(outs)
-
-
-def torch_detector_outputs(detector: torch.nn.Module, image_hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    wrapper = DetectorFromPixels(detector).eval()
-    with torch.no_grad():
-        loc, conf = wrapper(torch.from_numpy(np.ascontiguousarray(image_hwc[None])))
-    return loc.numpy()[0], conf.numpy()[0]

@@ -16,8 +16,9 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from tddfa_edge.runtime.data_files import sha256_file
-from tddfa_edge.runtime.errors import ExportError
+from tddfa_edge.contracts.errors import ExportError
+from tddfa_edge.runtime.bundle import file_sha256, normalize_arch
+from tddfa_edge.runtime.manifest import WheelhouseRecord
 
 # Debian bookworm / Raspberry Pi OS 12 ship glibc 2.36; pip matches only the exact tags it is given.
 _GLIBC_MINORS = range(17, 37)
@@ -41,7 +42,7 @@ def runtime_requirements(backends: tuple[str, ...]) -> list[str]:
 
 
 def platform_tags(arch: str) -> list[str]:
-    arch = {"arm64": "aarch64"}.get(arch, arch)
+    arch = normalize_arch(arch)
     if arch not in ("aarch64", "x86_64"):
         raise ExportError(f"--wheelhouse supports aarch64 and x86_64 targets, not {arch}")
     return ["manylinux2014_" + arch] + [f"manylinux_2_{m}_{arch}" for m in _GLIBC_MINORS]
@@ -62,8 +63,8 @@ def _pip(args: list[str], what: str) -> None:
         raise ExportError(f"{what} failed: {tail[-1] if tail else 'pip exited ' + str(proc.returncode)}")
 
 
-def build_wheelhouse(folder: Path, arch: str, backends: tuple[str, ...]) -> dict:
-    """Fill ``folder/wheelhouse`` and write ``folder/requirements.txt``; returns a manifest section."""
+def build_wheelhouse(folder: Path, arch: str, backends: tuple[str, ...]) -> WheelhouseRecord:
+    """Fill ``folder/wheelhouse`` and write ``folder/requirements.txt``; returns the manifest's section."""
     wheels = folder / "wheelhouse"
     wheels.mkdir(parents=True, exist_ok=True)
     pins = runtime_requirements(backends)
@@ -78,20 +79,10 @@ def build_wheelhouse(folder: Path, arch: str, backends: tuple[str, ...]) -> dict
     _pip(["wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(wheels), str(source_tree())],
          "building the tddfa-edge wheel")
     lines = ["# Offline install: pip install --no-index --find-links wheelhouse -r requirements.txt"]
-    entries = {}
     for whl in sorted(wheels.glob("*.whl")):
         name = whl.name.split("-")[0].replace("_", "-").lower()
-        ver = whl.name.split("-")[1]
-        digest = sha256_file(whl)
-        entries[whl.name] = {"sha256": digest, "size": whl.stat().st_size}
-        lines.append(f"{name}=={ver} --hash=sha256:{digest}")
+        lines.append(f"{name}=={whl.name.split('-')[1]} --hash=sha256:{file_sha256(whl)}")
     (folder / "requirements.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return {
-        "requirements_sha256": sha256_file(folder / "requirements.txt"),
-        "python": f"cp{PYTHON_VERSION.replace('.', '')}",
-        "arch": arch,
-        "requirements": "requirements.txt",
-        "pins": pins,
-        "wheels": entries,
-        "install": "pip install --no-index --find-links wheelhouse -r requirements.txt",
-    }
+    # The wheels and requirements.txt themselves are listed in the manifest's files table (install_only).
+    return WheelhouseRecord(python=f"cp{PYTHON_VERSION.replace('.', '')}", arch=normalize_arch(arch), requirements="requirements.txt",
+                            pins=tuple(pins), install="pip install --no-index --find-links wheelhouse -r requirements.txt")

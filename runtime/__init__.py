@@ -3,16 +3,33 @@
     from tddfa_edge.runtime import FaceAligner, Tracker
     aligner = FaceAligner.from_bundle("bundles/rpi4")
     faces = aligner(bgr_image)
+
+The names below are imported on first use, so that ``tddfa-run`` can take SIGINT/SIGTERM over before numpy and
+OpenCV load (``python -m tddfa_edge.runtime.cli`` imports this package first).
 """
 
-from .aligner import Face, FaceAligner, PipelineConfig
-from .bundle import Bundle, BundleMachineWarning
-from .errors import BackendUnavailableError, BundleError, DataFileError, InputImageError, TddfaEdgeError
-from .frames import as_bgr_uint8, read_image
-from .tracking import SmoothingConfig, Tracker
+from __future__ import annotations
 
-__all__ = [
-    "Face", "FaceAligner", "PipelineConfig", "Bundle", "BundleMachineWarning", "Tracker", "SmoothingConfig",
-    "TddfaEdgeError", "BundleError", "DataFileError", "InputImageError", "BackendUnavailableError",
-    "as_bgr_uint8", "read_image",
-]
+import importlib
+
+_EXPORTS = {
+    "Face": ".aligner", "FaceAligner": ".aligner", "StageClock": ".aligner", "Bundle": ".bundle", "Manifest": ".manifest",
+    "Detections": ".detector", "FaceDetector": ".detector", "Tracker": ".tracking", "SmoothingConfig": ".tracking",
+    "as_bgr_uint8": ".frames", "read_image": ".frames",
+    "TddfaEdgeError": "tddfa_edge.contracts.errors", "BundleError": "tddfa_edge.contracts.errors",
+    "InputImageError": "tddfa_edge.contracts.errors", "BackendUnavailableError": "tddfa_edge.contracts.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

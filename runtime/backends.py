@@ -1,90 +1,74 @@
 """Inference backends, found by name and imported only when asked for.
 
 ``onnxruntime`` runs ``.onnx`` files; ``litert`` (ai-edge-litert) and ``tflite-runtime`` (legacy) run
-``.tflite`` files. Every session takes and returns numpy arrays in the model's own dtype and layout;
-``ModelIO`` (from the bundle manifest) says how to build the input from uint8 BGR pixels and how to
-turn the output back into floats.
+``.tflite`` files. A ``Session`` takes and returns numpy arrays in the model's own dtypes and layout; a
+``LoadedModel`` adds the manifest's tensor specs: how to build the input from uint8 BGR pixels and how to
+turn the outputs back into floats.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import BackendUnavailableError, BundleError
+from tddfa_edge.contracts.errors import BackendUnavailableError, BundleError
 
-BACKENDS = ("onnxruntime", "litert", "tflite-runtime")
-FORMAT_BACKENDS = {"onnx": ("onnxruntime",), "tflite": ("litert", "tflite-runtime")}
-_INSTALL_HINT = {
-    "onnxruntime": "pip install tddfa-edge (the base install includes onnxruntime)",
-    "litert": "pip install 'tddfa-edge[tflite]' (ai-edge-litert)",
-    "tflite-runtime": "pip install tflite-runtime (legacy, needs numpy<2)",
+from .manifest import ModelRecord, TensorSpec
+
+# backend name -> (module to import, formats it runs, what to install)
+BACKENDS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "onnxruntime": ("onnxruntime", ("onnx",), "pip install tddfa-edge (the base install includes onnxruntime)"),
+    "litert": ("ai_edge_litert.interpreter", ("tflite",), "pip install 'tddfa-edge[tflite]' (ai-edge-litert)"),
+    "tflite-runtime": ("tflite_runtime.interpreter", ("tflite",), "pip install tflite-runtime (legacy, needs numpy<2)"),
 }
 
 
-def backend_available(name: str) -> bool:
-    module = {"onnxruntime": "onnxruntime", "litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter"}[name]
+def backends_for(fmt: str) -> tuple[str, ...]:
+    return tuple(name for name, (_, formats, _) in BACKENDS.items() if fmt in formats)
+
+
+def install_hint(fmt: str) -> str:
+    """What to install to run ``fmt`` files (the preferred backend's hint)."""
+    return BACKENDS[backends_for(fmt)[0]][2]
+
+
+def import_backend(name: str) -> Any:
+    if name not in BACKENDS:
+        raise BackendUnavailableError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+    module, _, hint = BACKENDS[name]
+    if module.startswith("ai_edge_litert") or module.startswith("tflite_runtime"):
+        # LiteRT logs "Created TensorFlow Lite XNNPACK delegate" through TF's C++ logging unless told otherwise.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        importlib.import_module(module)
-    except ImportError:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendUnavailableError(f"backend {name} is not installed ({exc.name} missing): {hint}") from None
+
+
+def backend_available(name: str) -> bool:
+    try:
+        import_backend(name)
+    except BackendUnavailableError:
         return False
     return True
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """One model input or output as the manifest describes it.
-
-    Input: ``model_input = cast((pixel - mean) * scale)`` then laid out as ``layout``; a quantized integer
-    input additionally applies ``q = round(x / quant_scale) + quant_zero_point``. Output: dequantized with
-    ``(q - zero_point) * scale`` when quantized, then ``* denorm_std + denorm_mean`` when given.
-    """
-
-    name: str
-    shape: tuple
-    dtype: str
-    layout: str = "NHWC"
-    mean: tuple = (0.0,)
-    scale: tuple = (1.0,)
-    # Per-tensor scalars, or per-element lists along the last axis (int8-full regressors quantize each of
-    # the 62 parameters on its own grid).
-    quant_scale: float | tuple | None = None
-    quant_zero_point: int | tuple | None = None
-
-    @classmethod
-    def from_manifest(cls, entry: dict) -> "TensorSpec":
-        quant = entry.get("quantization") or {}
-        norm = entry.get("normalization") or {}
-        return cls(
-            name=entry["name"],
-            shape=tuple(entry["shape"]),
-            dtype=entry["dtype"],
-            layout=entry.get("layout", "NHWC"),
-            mean=tuple(norm.get("mean", (0.0,))),
-            scale=tuple(norm.get("scale", (1.0,))),
-            quant_scale=_scalar_or_tuple(quant.get("scale")),
-            quant_zero_point=_scalar_or_tuple(quant.get("zero_point")),
-        )
-
-
-def _scalar_or_tuple(value):
-    return tuple(value) if isinstance(value, list) else value
-
-
 def build_input(pixels_nhwc: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """uint8 BGR pixels (N, H, W, 3) -> the array the model takes."""
-    if spec.dtype == "uint8" and spec.mean == (0.0,) and spec.scale == (1.0,) and spec.quant_scale is None:
+    norm, quant = spec.normalization, spec.quantization
+    mean, scale = (norm.mean, norm.scale) if norm is not None else ((0.0,), (1.0,))
+    if spec.dtype == "uint8" and mean == (0.0,) and scale == (1.0,) and quant is None:
         x = pixels_nhwc
-    elif spec.dtype == "int8" and spec.mean == (128.0,) and spec.scale == (1.0,) and spec.quant_scale is None:
+    elif spec.dtype == "int8" and mean == (128.0,) and scale == (1.0,) and quant is None:
         x = (pixels_nhwc ^ np.uint8(0x80)).view(np.int8)  # pixel - 128 without a float round trip
     else:
-        x = (pixels_nhwc.astype(np.float32) - np.asarray(spec.mean, np.float32)) * np.asarray(spec.scale, np.float32)
-        if spec.quant_scale is not None:
-            x = np.round(x / np.asarray(spec.quant_scale, np.float32)) + np.asarray(spec.quant_zero_point, np.float32)
+        x = (pixels_nhwc.astype(np.float32) - np.asarray(mean, np.float32)) * np.asarray(scale, np.float32)
+        if quant is not None:
+            x = np.round(x / np.asarray(quant.scale, np.float32)) + np.asarray(quant.zero_point, np.float32)
         if spec.dtype != "float32":
             info = np.iinfo(spec.dtype)
             x = np.clip(np.round(x), info.min, info.max)
@@ -95,13 +79,14 @@ def build_input(pixels_nhwc: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 def read_output(raw: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    if spec.quant_scale is not None:
-        return (raw.astype(np.float32) - np.asarray(spec.quant_zero_point, np.float32)) * np.asarray(spec.quant_scale, np.float32)
+    quant = spec.quantization
+    if quant is not None:
+        return (raw.astype(np.float32) - np.asarray(quant.zero_point, np.float32)) * np.asarray(quant.scale, np.float32)
     return raw.astype(np.float32, copy=False)
 
 
 class Session:
-    """A loaded model: ``run(array) -> list of arrays`` in the model's own dtypes."""
+    """A loaded model file: ``run(array) -> list of arrays`` in the model's own dtypes."""
 
     backend: str
     input_name: str
@@ -115,11 +100,12 @@ class OnnxSession(Session):
     backend = "onnxruntime"
 
     def __init__(self, path: Path, threads: int) -> None:
-        ort = _import_backend("onnxruntime")
+        ort = import_backend("onnxruntime")
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, int(threads))
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # errors only: onnxruntime's warnings are not the user's business
         # ALL is needed to fuse QDQ pairs into integer kernels; below EXTENDED int8 runs ~5x slower.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads <= 1:
@@ -138,7 +124,7 @@ class OnnxSession(Session):
 class TfliteSession(Session):
     def __init__(self, path: Path, threads: int, backend: str) -> None:
         self.backend = backend
-        module = _import_backend(backend)
+        module = import_backend(backend)
         try:
             self._interpreter = module.Interpreter(model_path=str(path), num_threads=max(1, int(threads)))
             self._interpreter.allocate_tensors()
@@ -160,16 +146,6 @@ class TfliteSession(Session):
         return [self._interpreter.get_tensor(o["index"]) for o in self._outputs]
 
 
-def _import_backend(name: str) -> Any:
-    module = {"onnxruntime": "onnxruntime", "litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter"}.get(name)
-    if module is None:
-        raise BackendUnavailableError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise BackendUnavailableError(f"backend {name} is not installed ({exc.name} missing): {_INSTALL_HINT[name]}") from None
-
-
 def open_session(path: str | Path, backend: str, threads: int = 1) -> Session:
     path = Path(path)
     if not path.is_file():
@@ -181,22 +157,29 @@ def open_session(path: str | Path, backend: str, threads: int = 1) -> Session:
     raise BackendUnavailableError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
 
 
-@dataclass
 class LoadedModel:
-    """A session plus the specs that say how to feed it and read it."""
+    """A session plus the manifest record that says how to feed it and read it; ``model(pixels)`` -> float outputs."""
 
-    session: Session
-    input_spec: TensorSpec
-    output_specs: list[TensorSpec]
-    variant: str = ""
-    extra: dict = field(default_factory=dict)
+    def __init__(self, session: Session, record: ModelRecord) -> None:
+        self.session = session
+        self.record = record
+        self.variant = record.variant
+        self.input_spec = record.inputs[0]
+        self.output_specs = record.outputs
+        self.output_names = [spec.name for spec in record.outputs]
+        missing = [name for name in self.output_names if name not in session.output_names]
+        if missing:
+            raise BundleError(f"{record.file} has no output {missing[0]!r} (it has {', '.join(session.output_names)})")
+        self._order = [session.output_names.index(name) for name in self.output_names]
+
+    @classmethod
+    def open(cls, folder: Path, record: ModelRecord, backend: str, threads: int = 1) -> "LoadedModel":
+        return cls(open_session(Path(folder) / record.file, backend, threads), record)
 
     def __call__(self, pixels_nhwc: np.ndarray) -> list[np.ndarray]:
         raw = self.session.run(build_input(pixels_nhwc, self.input_spec))
-        by_name = dict(zip(self.session.output_names, raw))
-        outputs = []
-        for spec in self.output_specs:
-            if spec.name not in by_name:
-                raise BundleError(f"model has no output {spec.name!r} (has {sorted(by_name)})")
-            outputs.append(read_output(by_name[spec.name], spec))
-        return outputs
+        return [read_output(raw[i], spec) for i, spec in zip(self._order, self.output_specs)]
+
+
+__all__ = ["BACKENDS", "backends_for", "install_hint", "import_backend", "backend_available", "build_input", "read_output",
+           "Session", "OnnxSession", "TfliteSession", "open_session", "LoadedModel"]

@@ -1,149 +1,143 @@
-"""Reading a bundle: ``manifest.json`` plus the files it lists, each checked against its sha256.
+"""Reading a bundle: ``manifest.json``, its digest, and the files it lists, each checked against its sha256.
 
-A bundle is what ``tddfa-export`` writes for one target. The runtime refuses a bundle whose files are
-missing or fail their checksums, and warns once when the bundle was built for another machine type.
+A bundle is what ``tddfa-export`` writes for one target. ``Bundle.open`` refuses it, with one line naming
+the file, when the manifest does not match ``manifest.json.sha256`` or the sha256 the caller pinned, when the
+manifest does not fit the schema, or when a listed file is missing or differs in one byte. The manifest's
+sha256 is the bundle's identity (``bundle.identity``).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
+import os
 import platform
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-from .data_files import sha256_file
-from .errors import BundleError
+from tddfa_edge.contracts.errors import BackendUnavailableError, BundleError
 
-MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
-_warned_arch: set[str] = set()
+from .backends import LoadedModel, backend_available, backends_for, install_hint
+from .manifest import MANIFEST, MANIFEST_DIGEST, MANIFEST_SIGNATURE, Manifest, ModelRecord
 
-
-class BundleMachineWarning(UserWarning):
-    """The bundle was built for another machine type: it runs, but its speed budgets do not apply here."""
+_ARCH_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "x64": "x86_64", "armv8": "aarch64", "armv8l": "aarch64"}
 
 
 def normalize_arch(arch: str) -> str:
+    """``platform.machine()`` spellings -> the names targets use (``x86_64``, ``aarch64``)."""
     arch = arch.lower()
-    return {"arm64": "aarch64", "amd64": "x86_64", "x64": "x86_64", "armv8": "aarch64"}.get(arch, arch)
+    return _ARCH_ALIASES.get(arch, arch)
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    key: str  # e.g. "regressor/onnx-int8"
-    role: str  # "regressor" or "detector"
-    variant: str  # e.g. "onnx-int8"
-    format: str  # "onnx" or "tflite"
-    precision: str
-    path: Path
-    raw: dict
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 class Bundle:
-    def __init__(self, root: Path, manifest: dict) -> None:
+    def __init__(self, root: Path, manifest: Manifest, identity: str) -> None:
         self.root = root
         self.manifest = manifest
+        self.identity = identity  # sha256 of manifest.json
 
     @classmethod
-    def open(cls, path: str | Path, verify: bool = True) -> "Bundle":
+    def open(cls, path: str | Path, verify: bool = True, expected_sha256: str | None = None,
+             trusted_keys: Sequence[str | os.PathLike] | None = None) -> "Bundle":
+        """Read and check a bundle. ``expected_sha256``: refuse it unless its manifest has exactly this sha256.
+        ``trusted_keys``: Ed25519 public key files; refuse it unless ``manifest.json.sig`` verifies with one of them.
+
+        ``verify=False`` skips only the files' sha256 (for a second view of a bundle already verified in this
+        process); the manifest digest and schema are always checked.
+        """
         root = Path(path)
-        manifest_path = root / MANIFEST
         if not root.is_dir():
             raise BundleError(f"bundle folder not found: {root}")
+        manifest_path = root / MANIFEST
         if not manifest_path.is_file():
             raise BundleError(f"not a bundle: {manifest_path} is missing (create one with tddfa-export)")
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"unreadable manifest {manifest_path}: {exc}") from None
-        if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
-            found = manifest.get("schema_version") if isinstance(manifest, dict) else None
-            raise BundleError(f"{manifest_path}: schema version {found!r}, this runtime reads {SCHEMA_VERSION}")
-        bundle = cls(root, manifest)
+            raw = manifest_path.read_bytes()
+            digest_text = (root / MANIFEST_DIGEST).read_bytes()
+        except FileNotFoundError:
+            raise BundleError(f"bundle {root} refused: {MANIFEST_DIGEST} is missing") from None
+        except OSError as exc:
+            raise BundleError(f"bundle {root} refused: cannot read its manifest: {exc.strerror or exc}") from None
+        identity = hashlib.sha256(raw).hexdigest()
+        if digest_text != f"{identity}  {MANIFEST}\n".encode():
+            raise BundleError(f"bundle {root} refused: {MANIFEST} does not match {MANIFEST_DIGEST} (altered or incomplete)")
+        if expected_sha256 is not None and identity != expected_sha256.strip().lower():
+            raise BundleError(f"bundle {root} refused: its manifest sha256 is {identity}, expected {expected_sha256.strip().lower()}")
+        if trusted_keys:
+            from .signing import check_signature
+
+            check_signature(root, raw, root / MANIFEST_SIGNATURE, trusted_keys)
+        bundle = cls(root, Manifest.from_json(raw, f"{root.name}/{MANIFEST}"), identity)
         if verify:
             bundle.verify()
-        bundle.warn_if_other_machine()
         return bundle
 
     def verify(self) -> None:
-        files = self.manifest.get("files")
-        if not isinstance(files, dict) or not files:
-            raise BundleError(f"{self.root / MANIFEST} lists no files")
+        """Every listed file present (install-only ones may be absent) with its size and sha256."""
         bad = []
-        for name, meta in sorted(files.items()):
-            path = self.root / name
-            if Path(name).is_absolute() or ".." in Path(name).parts:
-                raise BundleError(f"manifest names a file outside the bundle: {name}")
+        for name, record in sorted(self.manifest.files.items()):
+            rel = Path(name)
+            if rel.is_absolute() or ".." in rel.parts or name in (MANIFEST, MANIFEST_DIGEST, MANIFEST_SIGNATURE):
+                raise BundleError(f"bundle {self.root} refused: manifest lists an invalid file name {name!r}")
+            path = self.root / rel
             if not path.is_file():
-                bad.append(f"{name} missing")
-            elif path.stat().st_size != meta.get("size"):
-                bad.append(f"{name} has {path.stat().st_size} bytes, manifest says {meta.get('size')}")
-            elif sha256_file(path) != meta.get("sha256"):
+                if not record.install_only:
+                    bad.append(f"{name} missing")
+            elif path.stat().st_size != record.size:
+                bad.append(f"{name} has {path.stat().st_size} bytes, manifest says {record.size}")
+            elif file_sha256(path) != record.sha256:
                 bad.append(f"{name} fails its sha256")
         if bad:
             raise BundleError(f"bundle {self.root} refused: " + "; ".join(bad))
 
     @property
-    def target(self) -> dict:
-        return self.manifest.get("target", {})
+    def target(self):
+        return self.manifest.target
 
-    def warn_if_other_machine(self) -> None:
-        built_for = normalize_arch(str(self.target.get("arch", "")))
-        here = normalize_arch(platform.machine())
-        key = f"{self.root}:{built_for}"
-        if built_for and built_for != here and key not in _warned_arch:
-            _warned_arch.add(key)
-            warnings.warn(
-                f"bundle {self.root.name} was built for {built_for} ({self.target.get('name', '?')}), "
-                f"this machine is {here}: it runs, but its speed budgets do not hold here",
-                BundleMachineWarning,
-                stacklevel=3,
-            )
+    @property
+    def built_for_this_machine(self) -> bool:
+        return normalize_arch(self.target.arch) == normalize_arch(platform.machine())
 
     def file(self, name: str) -> Path:
-        if name not in self.manifest.get("files", {}):
+        record = self.manifest.files.get(name)
+        if record is None or record.install_only:
             raise BundleError(f"bundle {self.root} has no file {name!r}")
         return self.root / name
 
-    def models(self, role: str | None = None) -> list[ModelEntry]:
-        entries = []
-        for key, raw in self.manifest.get("models", {}).items():
-            if role is not None and raw.get("role") != role:
-                continue
-            entries.append(
-                ModelEntry(
-                    key=key,
-                    role=raw["role"],
-                    variant=raw["variant"],
-                    format=raw["format"],
-                    precision=raw["precision"],
-                    path=self.root / raw["file"],
-                    raw=raw,
-                )
-            )
-        return entries
+    def select(self, role: str, variant: str | None = None, backends: tuple[str, ...] | None = None,
+               fallback: bool = False) -> tuple[ModelRecord, str]:
+        """The model to run for ``role`` and the backend to run it with.
 
-    def model(self, role: str, variant: str | None = None, backends: tuple[str, ...] | None = None) -> ModelEntry:
-        """The named variant, else the default variant, else the first listed for an available backend."""
-        from .backends import FORMAT_BACKENDS, backend_available
-
-        entries = self.models(role)
-        if not entries:
+        ``variant`` None means the bundle's default. When no installed backend can run the chosen variant this
+        is a ``BackendUnavailableError`` naming what to install, unless ``fallback`` is asked for: then the first
+        variant (in the bundle's order) that an installed backend can run is used instead.
+        """
+        records = self.manifest.models_of(role)
+        by_variant = {m.variant: m for m in records}
+        if not records:
             raise BundleError(f"bundle {self.root} has no {role} model")
-        by_variant = {e.variant: e for e in entries}
-        if variant is not None:
-            if variant not in by_variant:
-                raise BundleError(f"bundle has no {role} variant {variant!r}; it has: {', '.join(sorted(by_variant))}")
-            return by_variant[variant]
-        order = list(backends or self.target.get("backends") or ("onnxruntime",))
-        default = self.manifest.get("defaults", {}).get(role)
-        candidates = ([by_variant[default]] if default in by_variant else []) + [e for e in entries if e.variant != default]
-        for entry in candidates:
-            usable = [b for b in order if b in FORMAT_BACKENDS.get(entry.format, ())]
-            if any(backend_available(b) for b in usable):
-                return entry
-        raise BundleError(
-            f"no installed backend can run any {role} model of this bundle (variants {', '.join(sorted(by_variant))}; "
-            f"backends tried {', '.join(order)}): install tddfa-edge[tflite] or onnxruntime"
-        )
+        if variant is not None and variant not in by_variant:
+            raise BundleError(f"bundle has no {role} variant {variant!r}; it has: {', '.join(by_variant)}")
+        order = tuple(backends or self.target.backends)
+        chosen = by_variant[variant or getattr(self.manifest.defaults, role)]
+        candidates = [chosen] + ([m for m in records if m is not chosen] if fallback and variant is None else [])
+        for record in candidates:
+            usable = [b for b in order if b in backends_for(record.format)] or list(backends_for(record.format))
+            for backend in usable:
+                if backend_available(backend):
+                    return record, backend
+        what = "default " if variant is None else ""
+        hint = "" if variant is not None or len(records) == 1 else " (or allow a fallback to another variant: --allow-fallback)"
+        raise BackendUnavailableError(
+            f"the bundle's {what}{role} {chosen.variant} needs {' or '.join(backends_for(chosen.format))}: {install_hint(chosen.format)}{hint}")
+
+    def load(self, role: str, variant: str | None = None, backends: tuple[str, ...] | None = None, threads: int | None = None,
+             fallback: bool = False) -> LoadedModel:
+        record, backend = self.select(role, variant, backends, fallback)
+        return LoadedModel.open(self.root, record, backend, threads or self.target.threads)
+
+
+__all__ = ["Bundle", "normalize_arch", "file_sha256"]

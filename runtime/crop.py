@@ -5,45 +5,17 @@
 
 from __future__ import annotations
 
-import math
-
 import cv2
 import numpy as np
 
 REGRESSOR_SIZE = 120
 
 
-def crop_box_from_face_box(face_box) -> np.ndarray:
-    """Square crop around a detector box: 1.58x the mean side, centre moved down by 0.14 of the side.
-
-    The side is truncated to whole pixels, as the released models were trained with.
-    """
-    left, top, right, bottom = (float(v) for v in face_box[:4])
-    old_size = (right - left + bottom - top) / 2
-    center_x = right - (right - left) / 2.0
-    center_y = bottom - (bottom - top) / 2.0 + old_size * 0.14
-    size = int(old_size * 1.58)
-    sx, sy = center_x - size / 2, center_y - size / 2
-    return np.array([sx, sy, sx + size, sy + size], dtype=np.float64)
-
-
-def crop_box_from_landmarks(landmarks_xy: np.ndarray) -> np.ndarray:
-    """Square crop from previous landmarks (2 or 3, 68) or (68, 2 or 3): side = diagonal of their bounding square."""
-    pts = np.asarray(landmarks_xy, dtype=np.float64)
-    if pts.shape[0] not in (2, 3):
-        pts = pts.T
-    x_min, y_min = pts[0].min(), pts[1].min()
-    x_max, y_max = pts[0].max(), pts[1].max()
-    center_x, center_y = (x_min + x_max) / 2, (y_min + y_max) / 2
-    radius = max(x_max - x_min, y_max - y_min) / 2
-    diameter = 2 * radius
-    side = math.sqrt(diameter * diameter + diameter * diameter)
-    sx, sy = center_x - side / 2, center_y - side / 2
-    return np.array([sx, sy, sx + side, sy + side], dtype=np.float64)
-
-
 def crop_boxes_from_face_boxes(face_boxes) -> np.ndarray:
-    """(N, 4+) detector boxes -> (N, 4) crop boxes; the vectorized ``crop_box_from_face_box`` (same float64 math)."""
+    """(N, 4+) detector boxes -> (N, 4) square crop boxes: 1.58x the mean side, centre moved down by 0.14 of the side.
+
+    The side is truncated to whole pixels, as the released models were trained with (3DDFA_V2's ``parse_roi_box_from_bbox``).
+    """
     boxes = np.asarray(face_boxes, dtype=np.float64).reshape(len(face_boxes), -1)[:, :4]
     left, top, right, bottom = boxes.T
     old_size = (right - left + bottom - top) / 2
@@ -59,16 +31,14 @@ def crop_boxes_from_face_boxes(face_boxes) -> np.ndarray:
 
 
 def crop_boxes_from_landmarks(landmarks) -> np.ndarray:
-    """(N, 68, 2|3) landmarks -> (N, 4) crop boxes; the vectorized ``crop_box_from_landmarks``."""
-    pts = np.asarray(landmarks, dtype=np.float64)
-    lo, hi = pts[:, :, :2].min(axis=1), pts[:, :, :2].max(axis=1)
+    """(N, 68, 2|3) landmarks -> (N, 4) square crop boxes: side = the diagonal of their bounding square (3DDFA_V2's
+    ``parse_roi_box_from_landmark``, used when tracking)."""
+    pts = np.asarray(landmarks, dtype=np.float64)[:, :, :2]
+    lo, hi = pts.min(axis=1), pts.max(axis=1)
+    diameter = (hi - lo).max(axis=1, keepdims=True)
+    half = np.sqrt(2.0 * diameter * diameter) / 2
     center = (lo + hi) / 2
-    diameter = 2 * ((hi - lo).max(axis=1) / 2)
-    side = np.sqrt(diameter * diameter + diameter * diameter)
-    out = np.empty((len(pts), 4), dtype=np.float64)
-    out[:, :2] = center - (side / 2)[:, None]
-    out[:, 2:] = out[:, :2] + side[:, None]
-    return out
+    return np.concatenate([center - half, center + half], axis=1)
 
 
 def crop_area(crop_box: np.ndarray) -> float:

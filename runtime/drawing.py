@@ -33,6 +33,8 @@ def draw_faces(image: np.ndarray, faces: Sequence[Face], copy: bool = True) -> n
     thick = max(1, round(min(h, w) / 400))
     for face in faces:
         lm = face.landmarks_68
+        if not (np.isfinite(lm[:, :2]).all() and np.isfinite(face.box[:4]).all() and np.isfinite(face.pose_ypr).all()):
+            continue  # a degenerate face (NaN from a failed fit) is in the records, not drawn
         size = float(np.ptp(lm[:, 0]) + np.ptp(lm[:, 1])) / 2
         if face.dense_vertices is not None:
             _draw_points(canvas, face.dense_vertices, MESH_COLOR)
@@ -58,7 +60,9 @@ def _draw_axes(canvas, pose_ypr, origin, length, thick) -> None:
 
 def _draw_points(canvas, vertices, color) -> None:
     h, w = canvas.shape[:2]
-    xy = np.round(vertices[:, :2]).astype(np.int32)
+    v = vertices[:, :2]
+    finite = np.isfinite(v).all(axis=1)
+    xy = np.round(np.where(finite[:, None], v, -1)).astype(np.int32)
     inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
     canvas[xy[inside, 1], xy[inside, 0]] = color
 

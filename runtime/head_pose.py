@@ -7,6 +7,8 @@ angles are read off as yaw = asin(R[2,0]), pitch = atan2(R[2,1], R[2,2]), roll =
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -23,8 +25,14 @@ def rotation_from_params(params: np.ndarray) -> np.ndarray:
     return rot
 
 
+SCALAR_BATCH = 4  # up to this many faces, plain float math beats numpy's per-call overhead (~10x for one face)
+
+
 def pose_from_params(params: np.ndarray) -> np.ndarray:
     """(B, 62) -> (B, 3) yaw, pitch, roll in degrees."""
+    params = np.asarray(params).reshape(-1, 62)
+    if len(params) <= SCALAR_BATCH:
+        return np.array([_pose_of_one(p) for p in params[:, :12].astype(np.float64).tolist()], dtype=np.float64).reshape(-1, 3)
     rot = rotation_from_params(params)
     r20 = rot[:, 2, 0]
     out = np.empty((len(rot), 3), dtype=np.float64)
@@ -39,3 +47,16 @@ def pose_from_params(params: np.ndarray) -> np.ndarray:
         out[locked, 1] = np.arctan2(-sign * rot[locked, 0, 1], -sign * rot[locked, 0, 2])
         out[locked, 2] = 0.0
     return np.degrees(out, out=out)
+
+
+def _pose_of_one(p: list[float]) -> tuple[float, float, float]:
+    """The same formula for one face, on Python floats (row-major 3x4 pose block)."""
+    n1 = math.sqrt(p[0] * p[0] + p[1] * p[1] + p[2] * p[2])
+    n2 = math.sqrt(p[4] * p[4] + p[5] * p[5] + p[6] * p[6])
+    a0, a1, a2 = p[0] / n1, p[1] / n1, p[2] / n1
+    b0, b1, b2 = p[4] / n2, p[5] / n2, p[6] / n2
+    r20, r21, r22 = a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0
+    if abs(r20) > 0.998:
+        sign = 1.0 if r20 > 0 else -1.0
+        return sign * 90.0, math.degrees(math.atan2(-sign * a1, -sign * a2)), 0.0
+    return math.degrees(math.asin(r20)), math.degrees(math.atan2(r21, r22)), math.degrees(math.atan2(b0, a0))

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_atomic
+
 MESH_FORMATS = ("ply", "obj")
 
 
@@ -47,12 +49,12 @@ def write_ply(path: str | os.PathLike, vertices: np.ndarray, triangles: np.ndarr
         f"element vertex {len(v)}\nproperty float x\nproperty float y\nproperty float z\n{color_props}"
         f"element face {len(tri)}\nproperty list uchar int vertex_indices\nend_header\n"
     )
-    path = Path(path)
-    with open(path, "wb") as fh:
+    def write(fh) -> None:
         fh.write(header.encode("ascii"))
         fh.write(rows.tobytes())
         fh.write(faces.tobytes())
-    return path
+
+    return write_atomic(path, write)
 
 
 def write_obj(path: str | os.PathLike, vertices: np.ndarray, triangles: np.ndarray, frame_height: int, colors: np.ndarray | None = None) -> Path:
@@ -63,12 +65,8 @@ def write_obj(path: str | os.PathLike, vertices: np.ndarray, triangles: np.ndarr
     else:
         vertex_text = ("v %.2f %.2f %.2f\n" * len(v)) % tuple(v.ravel().tolist())
     face_text = ("f %d %d %d\n" * len(tri)) % tuple((tri + 1).ravel().tolist())
-    path = Path(path)
-    with open(path, "w", encoding="ascii") as fh:
-        fh.write("# tddfa-edge dense face mesh (y up)\n")
-        fh.write(vertex_text)
-        fh.write(face_text)
-    return path
+    text = "# tddfa-edge dense face mesh (y up)\n" + vertex_text + face_text
+    return write_atomic(path, lambda fh: fh.write(text.encode("ascii")))
 
 
 def write_mesh(path: str | os.PathLike, vertices, triangles, frame_height: int, colors=None) -> Path:

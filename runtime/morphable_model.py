@@ -7,8 +7,8 @@ x - 1, z - 1, y flipped (120 - y), scaled by the crop, z scaled by the mean scal
 Layout for speed: each basis is stored transposed, (51, 3 * V) float32 with the mean as row 50, so one
 ``[alpha, 1] @ basis`` streams the basis once (for all faces of a frame at once) and yields the shape
 axis-major (x row, y row, z row). The pose and the crop mapping are folded into one 3x3 matrix plus an
-offset per face. The dense basis (23 MB) is read from the bundle on first use, straight from the
-uncompressed npz member.
+offset per face. The dense basis (23 MB) is stored in that layout in the bundle and memory-mapped from the
+uncompressed npz member on first use.
 """
 
 from __future__ import annotations
@@ -50,20 +50,31 @@ def frame_transforms(params: np.ndarray, crop_boxes, size: int = 120) -> tuple[n
     """Per face, the 3x3 matrix and offset that take a 3DMM shape straight to frame pixels (before the z shift).
 
     frame = diag(sx, -sy, (sx + sy) / 2) @ (R @ shape + t - (1, size, 1)) + (box x, box y, 0), y negated.
-    Returns ``(B, 3, 3)`` and ``(B, 3)`` float32.
+    Returns ``(B, 3, 3)`` and ``(B, 3)`` float32. Few numpy calls on purpose: this runs on every tracked frame.
     """
     params = np.asarray(params, dtype=np.float32).reshape(-1, 62)
     boxes = np.asarray(crop_boxes, dtype=np.float64).reshape(-1, 4)
+    extent = (boxes[:, 2:] - boxes[:, :2]) / size  # (B, 2): scale_x, scale_y
+    diag = np.empty((len(boxes), 3), dtype=np.float32)
+    diag[:, :2] = extent
+    diag[:, 1] *= -1
+    diag[:, 2] = (extent[:, 0] + extent[:, 1]) / 2
     pose = params[:, :12].reshape(-1, 3, 4)
-    scale_x = (boxes[:, 2] - boxes[:, 0]) / size
-    scale_y = (boxes[:, 3] - boxes[:, 1]) / size
-    diag = np.stack([scale_x, -scale_y, (scale_x + scale_y) / 2], axis=1).astype(np.float32)  # (B, 3)
     matrix = pose[:, :, :3] * diag[:, :, None]
-    offset = np.empty((len(params), 3), dtype=np.float32)
-    offset[:, 0] = (pose[:, 0, 3] - 1) * diag[:, 0] + boxes[:, 0]
-    offset[:, 1] = (pose[:, 1, 3] - size) * diag[:, 1] + boxes[:, 1]
-    offset[:, 2] = (pose[:, 2, 3] - 1) * diag[:, 2]
+    offset = (pose[:, :, 3] - _CROP_ORIGIN[size]) * diag
+    offset[:, :2] += boxes[:, :2]
     return matrix, offset
+
+
+class _CropOrigin(dict):
+    """(1, size, 1) as float32, per crop size: x - 1, y flipped around size, z - 1 (3DDFA_V2's crop convention)."""
+
+    def __missing__(self, size: int) -> np.ndarray:
+        self[size] = value = np.array([1.0, size, 1.0], dtype=np.float32)
+        return value
+
+
+_CROP_ORIGIN = _CropOrigin()
 
 
 def _read_npz_members(path, names) -> dict[str, np.ndarray]:
@@ -87,6 +98,12 @@ def _read_npz_members(path, names) -> dict[str, np.ndarray]:
                 raise ValueError(f"{path.name}:{name} holds Python objects; refusing to load it")
             out[name] = np.memmap(path, dtype=dtype, mode="r", offset=fh.tell(), shape=shape, order="F" if fortran else "C")
     return out
+
+
+def dense_arrays_for_bundle(u, w_shp, w_exp, tri) -> dict[str, np.ndarray]:
+    """What a bundle's ``bfm_dense.npz`` holds: the basis already in the runtime's (51, 3, V) layout (the runtime maps
+    it from the file instead of building a second 23 MB copy) and the (T, 3) int32 triangles."""
+    return {"basis": _transposed_basis(u, w_shp, w_exp), "tri": _triangles(tri)}
 
 
 class MorphableModel:
@@ -118,25 +135,16 @@ class MorphableModel:
         with self._lock:
             if self._dense_basis is not None or self._dense_path is None:
                 return
-            arrays = _read_npz_members(self._dense_path, ("u", "w_shp", "w_exp", "tri"))
+            arrays = _read_npz_members(self._dense_path, ("basis", "tri"))
+            basis = arrays["basis"]
+            if basis.ndim != 3 or basis.shape[:2] != (N_ALPHA + 1, 3) or basis.dtype != np.float32:
+                raise ValueError(f"{Path(self._dense_path).name}: basis has shape {basis.shape} {basis.dtype}, expected (51, 3, V) float32")
             self._triangles = _triangles(arrays["tri"])
-            self._dense_basis = _transposed_basis(arrays["u"], arrays["w_shp"], arrays["w_exp"])
-
-    # --- views kept for callers that read the arrays ------------------------------------------------
-    @property
-    def landmark_mean(self) -> np.ndarray:
-        """(3, 68)"""
-        return self._landmark_basis[N_ALPHA]
+            self._dense_basis = basis  # memory-mapped in the runtime's layout: no copy of the 23 MB
 
     @property
     def has_dense(self) -> bool:
         return self._dense_basis is not None or self._dense_path is not None
-
-    @property
-    def dense_mean(self) -> np.ndarray | None:
-        """(3, V)"""
-        self._load_dense()
-        return None if self._dense_basis is None else self._dense_basis[N_ALPHA]
 
     @property
     def triangles(self) -> np.ndarray | None:
@@ -152,6 +160,13 @@ class MorphableModel:
         pose = params[:, :12].reshape(-1, 3, 4)
         return pose[:, :, :3] @ shape + pose[:, :, 3:]
 
+    def landmark_drift_px(self, params: np.ndarray, reference_params: np.ndarray) -> np.ndarray:
+        """Per face, the mean 2D displacement of the 68 landmarks between two parameter sets, in pixels of the
+        120x120 crop: how far a converted or quantized regressor moves the result (the unit of the drift budgets)."""
+        a = self.landmarks_in_crop(params)[:, :2]
+        b = self.landmarks_in_crop(reference_params)[:, :2]
+        return np.linalg.norm(a - b, axis=1).mean(axis=1)
+
     def landmarks_in_frame(self, params: np.ndarray, crop_boxes) -> np.ndarray:
         """(B, 62), (B, 4) -> (B, 68, 3) float32 landmarks in frame pixels (z shifted so its minimum is 0)."""
         params = np.asarray(params, dtype=np.float32).reshape(-1, 62)
@@ -163,14 +178,6 @@ class MorphableModel:
         out += offset[:, None, :]
         out[:, :, 2] -= out[:, :, 2].min(axis=1, keepdims=True)
         return out
-
-    def dense_in_crop(self, param: np.ndarray) -> np.ndarray:
-        """(62,) -> (3, V) dense vertices in crop coordinates."""
-        basis = self._dense()
-        param = np.asarray(param, dtype=np.float32).reshape(1, 62)
-        shape = (_alpha_with_one(param) @ basis.reshape(N_ALPHA + 1, -1)).reshape(3, -1)
-        pose = param[0, :12].reshape(3, 4)
-        return pose[:, :3] @ shape + pose[:, 3:]
 
     def dense_in_frame(self, params: np.ndarray, crop_boxes) -> list[np.ndarray]:
         """(B, 62), (B, 4) -> B arrays (V, 3) float32 in frame pixels; the basis is read once for all faces."""
@@ -198,15 +205,3 @@ class MorphableModel:
 def _triangles(tri) -> np.ndarray:
     tri = np.asarray(tri)
     return np.ascontiguousarray(tri.T if tri.shape[0] == 3 else tri, dtype=np.int32)
-
-
-def crop_to_frame(vertices: np.ndarray, crop_box, size: int = 120) -> np.ndarray:
-    """Map (3, V) crop-space vertices into frame pixels through ``crop_box`` (returns a new float32 array)."""
-    sx, sy, ex, ey = (float(v) for v in crop_box[:4])
-    scale_x, scale_y = (ex - sx) / size, (ey - sy) / size
-    out = np.empty(vertices.shape, dtype=np.float32)
-    out[0] = (vertices[0] - 1) * scale_x + sx
-    out[1] = (size - vertices[1]) * scale_y + sy
-    z = (vertices[2] - 1) * ((scale_x + scale_y) / 2)
-    out[2] = z - z.min()
-    return out

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .aligner import Face, FaceAligner
-from .crop import crop_area, crop_box_from_face_box, crop_boxes_from_landmarks
+from .boxes import iou_matrix
+from .crop import crop_area
 from .frames import as_bgr_uint8
 from .smoothing import OneEuroFilter, SmoothingConfig
 
@@ -34,18 +35,14 @@ class _Track:
     box_in_landmarks: np.ndarray | None = None  # (2, 2) last detector box relative to the landmarks' extent
 
 
-def bundle_smoothing_default(aligner: FaceAligner) -> bool:
-    """The bundle's ``pipeline.smoothing`` (the target's choice); off when the aligner has no bundle."""
-    bundle = getattr(aligner, "bundle", None)
-    return bool(bundle.manifest.get("pipeline", {}).get("smoothing", False)) if bundle is not None else False
-
-
 class Tracker:
     """Stateful per-video face tracker on top of a ``FaceAligner``.
 
     ``tracker(frame, timestamp)`` returns the faces of that frame with stable ``track_id``s.
     ``last_detected`` tells whether the detector ran on the latest frame. ``smoothing``: None takes the
-    bundle's default, True the tuned ``SmoothingConfig()``, False turns it off.
+    bundle's default, True the tuned ``SmoothingConfig()``, False turns it off. ``refine_first``: align each
+    new detection a second time from its own landmarks (3DDFA_V2 does on the first frame); detections after a
+    lost track are refined only when the bundle asks for it (``pipeline.refine_detections``).
     """
 
     def __init__(
@@ -59,12 +56,12 @@ class Tracker:
         fps: float = 30.0,
     ) -> None:
         self.aligner = aligner
-        cfg = aligner.config
+        cfg = aligner.settings
         self.detect_interval = cfg.detect_interval if detect_interval is None else max(0, int(detect_interval))
         self.redetect_area = cfg.redetect_area if redetect_area is None else float(redetect_area)
         self.max_faces = max_faces if max_faces and max_faces > 0 else None
         if smoothing is None:
-            smoothing = bundle_smoothing_default(aligner)
+            smoothing = cfg.smoothing
         if smoothing is True:
             smoothing = SmoothingConfig()
         self.smoothing: SmoothingConfig | None = smoothing or None
@@ -88,33 +85,31 @@ class Tracker:
 
     def _detect(self, frame: np.ndarray, kept: list, refine: bool, verify: bool) -> tuple[list, list[Face]]:
         """Run the detector: drop tracks it no longer sees (``verify``), align the faces not tracked yet."""
-        boxes = self.aligner.detect(frame)
-        if verify:
-            kept = [(tr, f) for tr, f in kept if any(_iou(_box_of(f.landmarks_68), b) >= MATCH_IOU for b in boxes)]
+        detections = self.aligner.detect(frame)
+        boxes = detections.boxes
+        if verify and kept:
+            seen = iou_matrix([_box_of(f.landmarks_68) for _, f in kept], boxes).max(axis=1, initial=0.0) >= MATCH_IOU
+            kept = [pair for pair, ok in zip(kept, seen) if ok]
         if kept and len(boxes):
-            tracked = [_box_of(f.landmarks_68) for _, f in kept]
-            boxes = boxes[np.array([max(_iou(b, t) for t in tracked) < MATCH_IOU for b in boxes], dtype=bool)]
+            new = iou_matrix(boxes, [_box_of(f.landmarks_68) for _, f in kept]).max(axis=1) < MATCH_IOU
+            detections = detections.take(new)
         if self.max_faces:
-            boxes = boxes[: max(0, self.max_faces - len(kept))]
-        if len(boxes) == 0:
+            detections = detections.take(slice(0, max(0, self.max_faces - len(kept))))
+        if len(detections) == 0:
             return kept, []
-        faces = self.aligner.align(frame, boxes, "box")
+        faces = self.aligner.align(frame, detections, "box")
         if refine:
-            refined = self.aligner.align(frame, [f.landmarks_68 for f in faces], "landmark")
-            for f, r in zip(faces, refined):
-                r.box, r.score = f.box, f.score
-            faces = refined
+            faces = self.aligner.refine(frame, faces)
         return kept, faces
 
     def _track_existing(self, frame: np.ndarray) -> list[tuple[_Track, Face]]:
         """Regress every live track from its previous landmarks in one batch; drop the lost ones."""
         h, w = frame.shape[:2]
-        crop_boxes = crop_boxes_from_landmarks(np.stack([tr.landmarks_raw for tr in self._tracks]))
-        params = self.aligner.regress(frame, crop_boxes)
-        faces = self.aligner._faces(params, crop_boxes, crop_boxes.astype(np.float32), [tr.score for tr in self._tracks], False)
+        faces = self.aligner.align(frame, [tr.landmarks_raw for tr in self._tracks], "landmark")
         kept = []
-        for track, face, box in zip(self._tracks, faces, crop_boxes):
-            if crop_area(box) >= self.redetect_area and _overlaps_frame(box, w, h):
+        for track, face in zip(self._tracks, faces):
+            face.score = track.score
+            if crop_area(face.crop_box) >= self.redetect_area and _overlaps_frame(face.crop_box, w, h):
                 kept.append((track, face))
         return _drop_duplicates(kept)
 
@@ -131,7 +126,7 @@ class Tracker:
         if first or lost or periodic:
             # Upstream refines only the first detection of a video; periodic detections add new faces the same way
             # and drop the tracks the detector no longer confirms.
-            refine = self.refine_first and (first or periodic)
+            refine = (self.refine_first and (first or periodic)) or self.aligner.settings.refine_detections
             kept, detected = self._detect(frame, kept, refine, verify=periodic and not first)
             self._last_detection = self._frame_index
             self.last_detected = True
@@ -164,15 +159,10 @@ class Tracker:
 
     def _add_dense(self, faces: list[Face]) -> None:
         missing = [f for f in faces if f.dense_vertices is None]
-        if not missing:
-            return
-        batch = getattr(self.aligner, "dense_batch", None)
-        if batch is not None:  # one pass over the dense basis for all faces
-            vertices = batch(np.stack([f.param_62 for f in missing]), np.stack([f.crop_box for f in missing]))
-        else:
-            vertices = [self.aligner.dense(f.param_62, f.crop_box) for f in missing]
-        for face, v in zip(missing, vertices):
-            face.dense_vertices = v
+        if missing:  # one pass over the dense basis for all faces
+            vertices = self.aligner.dense(np.stack([f.param_62 for f in missing]), np.stack([f.crop_box for f in missing]))
+            for face, v in zip(missing, vertices):
+                face.dense_vertices = v
 
 
 def _carry_face_box(track: _Track, face: Face, detected: bool) -> None:
@@ -195,35 +185,25 @@ def _box_of(landmarks: np.ndarray) -> np.ndarray:
     return np.concatenate([landmarks[:, :2].min(axis=0), landmarks[:, :2].max(axis=0)])
 
 
-def _iou(a, b) -> float:
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def _match_previous(face: Face, tracks) -> _Track | None:
     """The previous track whose last landmarks overlap this detection best (IoU >= MATCH_IOU), to keep its id."""
-    best, best_iou = None, MATCH_IOU
-    box = _box_of(face.landmarks_68)
-    for track in tracks:
-        iou = _iou(box, _box_of(track.landmarks_raw))
-        if iou >= best_iou:
-            best, best_iou = track, iou
-    return best
+    if not tracks:
+        return None
+    iou = iou_matrix([_box_of(face.landmarks_68)], [_box_of(t.landmarks_raw) for t in tracks])[0]
+    best = int(np.argmax(iou))
+    return tracks[best] if iou[best] >= MATCH_IOU else None
 
 
 def _drop_duplicates(kept: list[tuple[_Track, Face]]) -> list[tuple[_Track, Face]]:
     if len(kept) < 2:
         return kept
-    boxes = [_box_of(f.landmarks_68) for _, f in kept]
+    iou = iou_matrix([_box_of(f.landmarks_68) for _, f in kept], [_box_of(f.landmarks_68) for _, f in kept])
     order = sorted(range(len(kept)), key=lambda i: kept[i][0].track_id)
     survivors: list[int] = []
     for i in order:
-        if all(_iou(boxes[i], boxes[j]) < DUPLICATE_IOU for j in survivors):
+        if all(iou[i, j] < DUPLICATE_IOU for j in survivors):
             survivors.append(i)
     return [kept[i] for i in sorted(survivors)]
 
 
-__all__ = ["Tracker", "SmoothingConfig", "OneEuroFilter", "bundle_smoothing_default", "crop_box_from_face_box"]
+__all__ = ["Tracker", "SmoothingConfig", "OneEuroFilter"]

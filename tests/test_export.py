@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tddfa_edge.contracts.errors import DataFileError, ExportError, TargetError
 from tddfa_edge.export import artifacts
-from tddfa_edge.export.exporter import ExportOptions, export_bundle
+from tddfa_edge.export.exporter import ExportOptions, export_bundle, plan
+from tddfa_edge.export.model_io import regressor_io
 from tddfa_edge.export.morphable_files import load_array_pickle, load_dense_model, load_param_mean_std
-from tddfa_edge.runtime.errors import DataFileError, ExportError
+from tddfa_edge.runtime.bundle import Bundle
+from tddfa_edge.targets import load_target
 
-from conftest import upstream_target
+from conftest import export_quietly, upstream_target
 
 CLI = [sys.executable, "-m", "tddfa_edge.export.cli"]
 
@@ -55,7 +58,8 @@ def test_corrupt_checkpoint_is_refused(tmp_path, data_dir):
 
 def test_unwritable_output_folder(data_dir):
     proc = run_cli("--target", "x86-1core", "--precision", "fp32", "--data-dir", str(data_dir), "--out", "/proc/tddfa-edge/bundle")
-    assert proc.returncode == 7 and "not writable" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and proc.stderr.startswith("tddfa-export: error: cannot write the export log /proc/tddfa-edge/")
+    assert proc.stderr.count("\n") == 1
 
 
 def _perturbed_onnx_converter(ctx, role, folder):
@@ -70,7 +74,7 @@ def _perturbed_onnx_converter(ctx, role, folder):
     with torch.no_grad():
         broken.fc.weight.mul_(1.2)
     export_regressor_onnx(broken, folder / "regressor.fp32.onnx")
-    inputs, outputs = artifacts.regressor_io()
+    inputs, outputs = regressor_io()
     return artifacts.ModelArtifact("regressor.fp32.onnx", role, "onnx", "fp32", inputs, outputs)
 
 
@@ -89,28 +93,45 @@ def test_failed_verification_writes_nothing_and_keeps_previous_bundle(tmp_path, 
 
 
 def test_reexport_is_byte_identical(tmp_path, data_dir, upstream_bundle):
-    target = dataclasses.replace(upstream_target())
+    """Manifest included: this machine's latency measurements go to the export report, not into the bundle."""
     again = tmp_path / "again"
-    export_bundle(ExportOptions(target=target, out=again, data_dir=str(data_dir), measure_latency=False, archive=True), log=lambda m: None)
+    result = export_quietly(upstream_target(), again, data_dir, archive=True, measure_latency=True)
+    assert set(result.latency) == {"regressor/onnx-fp32", "detector/onnx-fp32"}
+    assert sorted(p.name for p in again.iterdir()) == sorted(p.name for p in upstream_bundle.iterdir())
     for path in sorted(upstream_bundle.iterdir()):
         assert (again / path.name).read_bytes() == path.read_bytes(), f"{path.name} differs between exports"
+    assert result.identity == Bundle.open(upstream_bundle).identity
     archive = Path(str(again) + ".tar.gz")
     first = archive.read_bytes()
-    export_bundle(ExportOptions(target=target, out=again, data_dir=str(data_dir), measure_latency=False, archive=True), log=lambda m: None)
+    export_quietly(upstream_target(), again, data_dir, archive=True)
     assert archive.read_bytes() == first
 
 
 def test_bundle_contents_and_notice(upstream_bundle):
-    import json
-
-    manifest = json.loads((upstream_bundle / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"regressor.fp32.onnx", "detector.fp32.onnx", "bfm_68.npz", "bfm_dense.npz", "NOTICE-3DMM.txt"}
+    bundle = Bundle.open(upstream_bundle)
+    manifest = bundle.manifest
+    assert set(manifest.files) == {"regressor.fp32.onnx", "detector.fp32.onnx", "bfm_68.npz", "bfm_dense.npz", "NOTICE-3DMM.txt"}
+    assert sorted(p.name for p in upstream_bundle.iterdir()) == sorted(set(manifest.files) | {"manifest.json", "manifest.json.sha256"})
     assert "non-commercial" in (upstream_bundle / "NOTICE-3DMM.txt").read_text()
-    assert manifest["sources"]["regressor"]["sha256"].startswith("f93ed7f1")
-    reg = manifest["models"]["regressor/onnx-fp32"]
-    assert reg["verification"]["passed"] and reg["verification"]["landmark_drift_px_mean"] < 0.01
+    assert manifest.sources["regressor"].sha256.startswith("f93ed7f1")
+    reg = manifest.models["regressor/onnx-fp32"]
+    assert reg.architecture == "mobilenet_v1_x0.5" and manifest.models["detector/onnx-fp32"].architecture == "faceboxes"
+    assert reg.verification.passed and reg.verification.measures["landmark_drift_px_mean"] < 0.01
     with np.load(upstream_bundle / "bfm_68.npz", allow_pickle=False) as lm:
         assert lm["u_base"].shape == (204,) and lm["w_shp_base"].shape == (204, 40)
+
+
+def test_a_precision_the_target_does_not_offer_is_refused_before_any_work(tmp_path, data_dir):
+    with pytest.raises(TargetError, match="target x86-1core offers fp32, int8, int8-full; --precision fp16 is not among them"):
+        plan(load_target("x86-1core"), "fp16")
+    rpi4 = plan(load_target("rpi4"), "fp16")
+    assert rpi4.regressor.variants == ("tflite-fp16",) and rpi4.regressor.default == "tflite-fp16"
+    assert rpi4.detector.variants == (load_target("rpi4").detector.default,), "a role without the precision keeps its default"
+    start = time.monotonic()
+    proc = run_cli("--target", "x86-1core", "--precision", "fp16", "--data-dir", str(data_dir), "--out", str(tmp_path / "b"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "offers fp32, int8, int8-full" in proc.stderr
+    assert time.monotonic() - start < 10, "refused after work was done"
+    assert not (tmp_path / "b").exists()
 
 
 def test_upstream_pickles_are_read_without_executing_code(tmp_path, data_dir):
@@ -130,12 +151,18 @@ def test_upstream_pickles_are_read_without_executing_code(tmp_path, data_dir):
     loaded = load_dense_model(pkl, tri)
     assert np.array_equal(loaded["u"], small["u"]) and np.array_equal(loaded["tri"], small["tri"])
 
+    marker = tmp_path / "payload-ran"
+
     class Exploit:
-        def __reduce__(self):
-            return (print, ("pwned",))
+        def __reduce__(self):  # unpickling would create the marker file
+            return (open, (str(marker), "w"))
 
     evil = tmp_path / "evil.pkl"
     with open(evil, "wb") as fh:
         pickle.dump({"mean": Exploit()}, fh)
-    with pytest.raises(DataFileError, match="refused global builtins.print"):
+    assert not marker.exists()
+    with pytest.raises(DataFileError, match="refused global (io|builtins).open"):
         load_array_pickle(evil)
+    assert not marker.exists(), "the pickle's payload ran"
+    pickle.loads(evil.read_bytes())  # the payload is live: a plain unpickler runs it
+    assert marker.exists()

