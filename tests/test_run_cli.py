@@ -22,6 +22,8 @@ from tddfa_edge.runtime import sources
 from tddfa_edge.runtime.cli import main
 from tddfa_edge.runtime.sources import mp4_truncation
 
+from conftest import rewrite_manifest
+
 REF = "reference/upstream_mb05"
 EXIT_INPUT, EXIT_PARTIAL, EXIT_BUNDLE = 6, 9, 4
 
@@ -65,9 +67,12 @@ def bad_inputs(tmp_path_factory, data_dir) -> Path:
 def test_image_records_drawing_dense_and_obj_mesh(upstream_bundle, data_dir, tmp_path):
     image = data_dir / "images" / "JianzhuGuo.jpg"
     drawn, meshes = tmp_path / "drawn.jpg", tmp_path / "meshes"
-    result, records = run_cli(upstream_bundle, image, "--draw", drawn, "--dense", "--mesh-dir", meshes, "--mesh-format", "obj")
+    result, records = run_cli(upstream_bundle, image, "--draw", drawn, "--dense", "--dense-format", "json", "--mesh-dir", meshes,
+                              "--mesh-format", "obj")
     assert result.exit_code == 0, result.stderr
     assert len(records) == 1 and records[0]["frame"] == 0 and records[0]["source"] == "JianzhuGuo.jpg"
+    assert records[0]["detected"] is True, "image mode runs the detector on every image"
+    assert records[0]["timestamp"] == round(image.stat().st_mtime, 6), "images carry their file's modification time"
     ref = np.load(data_dir / REF / "JianzhuGuo.npz")
     (face,) = records[0]["faces"]
     assert set(face) == {"track_id", "box", "score", "landmarks_68", "pose_ypr", "dense_vertices"} and face["track_id"] is None
@@ -164,7 +169,7 @@ class FakeCamera:
 
 def test_camera_that_stops_delivering(upstream_bundle, data_dir, monkeypatch):
     frame = cv2.imread(str(data_dir / "images" / "JianzhuGuo.jpg"))
-    monkeypatch.setattr(sources, "open_camera", lambda index: FakeCamera([frame] * 3))
+    monkeypatch.setattr(sources, "open_camera", lambda index, timeout=None: FakeCamera([frame] * 3))
     monkeypatch.setattr(sources, "CAMERA_STALL_SECONDS", 0.1)
     result, records = run_cli(upstream_bundle, "0")
     assert result.exit_code == EXIT_PARTIAL
@@ -175,10 +180,12 @@ def test_camera_that_stops_delivering(upstream_bundle, data_dir, monkeypatch):
 
 
 def test_camera_that_cannot_be_opened(upstream_bundle, monkeypatch):
-    monkeypatch.setattr(sources, "open_camera", lambda index: FakeCamera([], opened=False))
+    monkeypatch.setattr(sources, "open_camera", lambda index, timeout=None: FakeCamera([], opened=False))
     result, records = run_cli(upstream_bundle, "3")
-    assert result.exit_code == EXIT_INPUT and records == []
-    assert stderr_lines(result) == ["tddfa-run: error: cannot open camera 3 (no such device, in use by another program, or no permission)"]
+    message = "cannot open camera 3 (no such device, in use by another program, or no permission)"
+    assert result.exit_code == EXIT_INPUT
+    assert records == [{"frame": 0, "timestamp": None, "source": "camera:3", "detected": False, "faces": [], "error": message}]
+    assert stderr_lines(result) == [f"tddfa-run: error: {message}"]
 
 
 # --- bad input -----------------------------------------------------------------------------------------------
@@ -231,10 +238,11 @@ def test_truncated_video_in_a_real_process_prints_one_line_and_no_traceback(upst
     # FFmpeg would print "moov atom not found" on fd 2 itself; tddfa-run keeps native chatter off stderr.
     proc = subprocess.run([sys.executable, "-m", "tddfa_edge.runtime.cli", "--bundle", str(upstream_bundle), str(bad_inputs / "truncated.mp4")],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == EXIT_INPUT and proc.stdout == ""
-    assert proc.stderr.splitlines() == [
-        f"tddfa-run: error: cannot open video {bad_inputs / 'truncated.mp4'}: truncated file (mdat box ends past the end of the file and has no index (moov box))"
-    ]
+    message = f"cannot open video {bad_inputs / 'truncated.mp4'}: truncated file (mdat box ends past the end of the file and has no index (moov box))"
+    assert proc.returncode == EXIT_INPUT
+    assert proc.stderr.splitlines() == [f"tddfa-run: error: {message}"]
+    (record,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert record["source"] == "truncated.mp4" and record["error"] == message and record["faces"] == []
 
 
 def test_video_cut_mid_stream_keeps_its_frames(upstream_bundle, data_dir, tmp_path):
@@ -249,7 +257,9 @@ def test_video_cut_mid_stream_keeps_its_frames(upstream_bundle, data_dir, tmp_pa
     result, records = run_cli(upstream_bundle, path)
     assert result.exit_code == EXIT_PARTIAL
     assert 3 <= len(records) < 10 and all(len(r["faces"]) == 1 for r in records)
-    assert stderr_lines(result) == [f"tddfa-run: short.avi: ended after {len(records)} of 10 frames (truncated or corrupt file)"]
+    (line,) = stderr_lines(result)
+    assert line.startswith("tddfa-run: short.avi: truncated file (its AVI RIFF chunk ends ") and line.endswith(
+        f"bytes past the end of the file); ended after {len(records)} frame(s)"), line
 
 
 def test_mp4_truncation_check(tmp_path):
@@ -276,7 +286,11 @@ def test_huge_image_is_detected_downscaled_and_reported_in_original_pixels(upstr
     canvas[: up.shape[0], : up.shape[1]] = up
     path = tmp_path / "huge.jpg"
     cv2.imwrite(str(path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 95])
-    result, records = run_cli(upstream_bundle, path)
+    result, records = run_cli(upstream_bundle, path)  # 48 MP: over the x86 target's default decode budget (8.7 MP)
+    assert result.exit_code == EXIT_INPUT and "error" in records[0] and "width" not in records[0]
+    assert stderr_lines(result) == [f"tddfa-run: {records[0]['error']}"]
+    assert "declares 8000 x 6000 (48.0 MP), over the decode limit of 8.7 MP (--max-pixels 8738133); not decoded" in records[0]["error"]
+    result, records = run_cli(upstream_bundle, path, "--max-pixels", 48_000_000)
     assert result.exit_code == 0 and (records[0]["width"], records[0]["height"]) == (8000, 6000)
     (face,) = records[0]["faces"]
     (small,) = upstream_aligner(image)
@@ -301,25 +315,26 @@ def test_bundle_failing_sha256_is_refused(upstream_bundle, data_dir, tmp_path):
     assert stderr_lines(result) == [f"tddfa-run: error: bundle {copy} refused: regressor.fp32.onnx fails its sha256"]
 
 
-def test_bundle_for_another_machine_runs_with_one_warning(upstream_bundle, data_dir, tmp_path):
+def test_bundle_for_another_machine_runs_quietly(upstream_bundle, data_dir, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(upstream_bundle, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["target"]["arch"] = "aarch64"
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_manifest(copy, lambda m: m["target"].update(arch="aarch64"))
     result, records = run_cli(copy, data_dir / "images" / "JianzhuGuo.jpg")
     assert result.exit_code == 0 and len(records[0]["faces"]) == 1
-    (line,) = stderr_lines(result)
-    assert line.startswith("tddfa-run: warning: bundle bundle was built for aarch64")
+    assert stderr_lines(result) == []
 
 
 def test_dense_needs_a_bundle_with_the_dense_basis(upstream_bundle, data_dir, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(upstream_bundle, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    del manifest["morphable_model"]["dense"]
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    result, _ = run_cli(copy, data_dir / "images" / "JianzhuGuo.jpg", "--dense")
+    (copy / "bfm_dense.npz").unlink()
+
+    def drop_dense(m):
+        m["morphable_model"]["dense"] = None
+        del m["files"]["bfm_dense.npz"]
+
+    rewrite_manifest(copy, drop_dense)
+    result, _ = run_cli(copy, data_dir / "images" / "JianzhuGuo.jpg", "--dense", "--dense-format", "json")
     assert result.exit_code == EXIT_BUNDLE
     assert "no dense 3DMM basis" in stderr_lines(result)[0]
 
