@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
-from tddfa_edge.runtime.errors import DataFileError
+from tddfa_edge.contracts.errors import DataFileError
 
 from .faceboxes import FaceBoxesDetector, load_detector_state
 from .mobilenet_v1 import MobileNetV1Regressor, load_regressor_state
+from .yunet import YUNET_CONFIGS, YuNet, load_yunet_state
 
 
 def _load_state(path: Path, what: str) -> dict:
@@ -35,11 +36,17 @@ def build_regressor(path: str | Path, widen_factor: float) -> MobileNetV1Regress
     return model.eval()
 
 
-def build_detector(path: str | Path) -> FaceBoxesDetector:
-    state = _load_state(Path(path), "detector")
-    model = FaceBoxesDetector()
+def build_detector(path: str | Path, architecture: str = "faceboxes") -> torch.nn.Module:
+    """FaceBoxes (``FaceBoxesProd.pth``) or YuNet (``yunet_n.pth`` / ``yunet_s.pth``) from its checkpoint."""
+    if architecture == "faceboxes":
+        model, load = FaceBoxesDetector(), load_detector_state
+    elif architecture in YUNET_CONFIGS:
+        model, load = YuNet(**YUNET_CONFIGS[architecture]), load_yunet_state
+    else:
+        raise DataFileError(f"unknown detector {architecture!r}; known: faceboxes, {', '.join(YUNET_CONFIGS)}")
+    state = _load_state(Path(path), f"{architecture} detector")
     try:
-        load_detector_state(model, state)
+        load(model, state)
     except ValueError as exc:
         raise DataFileError(f"wrong checkpoint {path}: {exc}") from None
     return model.eval()
