@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tddfa_edge.runtime.errors import DataFileError
+from tddfa_edge.contracts.errors import DataFileError
 
 # The globals a pickled dict of numpy arrays needs, and nothing that can run code.
 _ALLOWED_GLOBALS = {
@@ -90,6 +90,45 @@ def load_dense_model(path: str | Path, tri_path: str | Path | None = None) -> di
         "keypoints": np.asarray(arrays["keypoints"], dtype=np.int64).reshape(-1),
         "tri": np.ascontiguousarray(tri, dtype=np.int32),
     }
+
+
+# 3DMM files without a recorded sha256 (upstream's bfm_noneck_v3.pkl and tri.pkl) are accepted only when they
+# reproduce these: 68 landmarks and 97 dense vertices (120x120 crop pixels) for three parameter vectors, computed
+# from the data folder's checked bfm_noneck_v3.npz (which reproduces them to 5e-5 px); a different 3DMM moves them by pixels.
+CONTENT_CHECK = Path(__file__).resolve().parent / "morphable_check.json"
+CONTENT_TOLERANCE_PX = 0.01
+
+
+def check_morphable_model(dense: dict[str, np.ndarray], where: str) -> float:
+    """Refuse a 3DMM that does not reproduce the reference vectors; returns the largest difference in crop pixels."""
+    import json
+
+    ref = json.loads(CONTENT_CHECK.read_text())
+    n_vertices = dense["u"].shape[0] // 3
+    tri = dense["tri"]
+    if n_vertices != ref["vertices"] or tri.shape != (3, ref["triangles"]):
+        raise DataFileError(f"{where} is not 3DDFA_V2's 3DMM: {n_vertices} vertices and {tri.shape[1]} triangles, "
+                            f"expected {ref['vertices']} and {ref['triangles']}")
+    if tri.min() < 0 or tri.max() >= n_vertices or len(np.unique(tri)) != n_vertices:
+        raise DataFileError(f"{where}: triangle indices do not cover the {n_vertices} vertices exactly")
+    params = np.asarray(ref["params"], dtype=np.float64)
+    u = dense["u"].reshape(-1).astype(np.float64)
+    w_shp, w_exp = dense["w_shp"].astype(np.float64), dense["w_exp"].astype(np.float64)
+    worst = 0.0
+    for rows, key in ((dense["keypoints"], "landmarks_crop"), (_xyz_rows(ref["dense_vertex_indices"]), "dense_crop")):
+        for p, want in zip(params, np.asarray(ref[key], dtype=np.float64)):
+            shape = (u[rows] + w_shp[rows] @ p[12:52] + w_exp[rows] @ p[52:62]).reshape(-1, 3).T
+            pose = p[:12].reshape(3, 4)
+            worst = max(worst, float(np.abs(pose[:, :3] @ shape + pose[:, 3:] - want).max()))
+    if worst > CONTENT_TOLERANCE_PX:
+        raise DataFileError(f"{where} is not 3DDFA_V2's 3DMM: it moves the reference landmarks by {worst:.3f} px "
+                            f"(accepted: {CONTENT_TOLERANCE_PX} px)")
+    return worst
+
+
+def _xyz_rows(vertex_indices) -> np.ndarray:
+    idx = np.asarray(vertex_indices, dtype=np.int64)
+    return np.stack([3 * idx, 3 * idx + 1, 3 * idx + 2], axis=1).reshape(-1)
 
 
 def landmark_arrays(dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
