@@ -88,6 +88,8 @@ def test_a_new_user_builds_and_runs_a_bundle(user_setup, data_dir):
     assert manifest.sources["regressor"].sha256 == REGISTRY["mb05_120x120"].sha256
     assert manifest.sources["morphable_model"].file == "bfm_noneck_v3.pkl" and manifest.sources["triangles"].file == "tri.pkl"
     assert manifest.calibration.source.startswith("user calibration photos:")
+    onnx_calibration = manifest.models["regressor/onnx-int8"].details["calibration"]
+    assert onnx_calibration["source"] == manifest.calibration.source and onnx_calibration["range_margin"] == 2.0
     assert {m.precision for m in manifest.models_of("regressor")} == {"int8"}
     assert all(m.verification.passed for m in manifest.models.values())
     assert manifest.pipeline.detector.architecture == load_target("rpi4").detector.architecture.split("_")[0]
