@@ -55,6 +55,20 @@ def _run_guest(cpu: str, site: Path, *args: str, timeout: int = 900) -> subproce
     return subprocess.run([str(GUEST), "--cpu", cpu, *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
+def _host_has_vnni() -> bool:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+# int8 models with float outputs, largest landmark difference in the 120 px crop. With VNNI (and on ARM) onnxruntime
+# adds int8 products exactly; plain AVX2 adds u8 x s8 pairs in int16 (vpmaddubsw), which saturates now and then
+# (onnxruntime's quantization docs), so an AVX2 host differs from the board by up to ~0.2 px (measured 0.199).
+INT8_FLOAT_OUT_TOLERANCE_PX = 0.05 if _host_has_vnni() else 0.25
+
+
 def _compare(host: dict, guest: dict, bundle: Path) -> list[str]:
     """Every result on both sides, and within the tolerance of its precision. Landmarks compare in pixels of the
     120x120 crop: fp32/fp16 within 1e-3 px, integer outputs within one step (then 0.05 px)."""
@@ -85,8 +99,8 @@ def _compare(host: dict, guest: dict, bundle: Path) -> list[str]:
                 step = int(np.abs(raw_h.astype(np.int64) - raw_g.astype(np.int64)).max())
                 if step > 1:
                     problems.append(f"regressor {variant}: integer outputs differ by {step} steps (> 1)")
-            elif diff > 0.05:
-                problems.append(f"regressor {variant}: landmarks differ by {diff:.3f} px (> 0.05)")
+            elif diff > INT8_FLOAT_OUT_TOLERANCE_PX:
+                problems.append(f"regressor {variant}: landmarks differ by {diff:.3f} px (> {INT8_FLOAT_OUT_TOLERANCE_PX})")
         elif key.startswith("detector/") and len(h):
             diff = float(np.abs(h[:, :4] - g[:, :4]).max())
             if diff > 0.5:

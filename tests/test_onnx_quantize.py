@@ -18,12 +18,12 @@ from tddfa_edge.export.artifacts import converter_for
 from tddfa_edge.runtime.bundle import Bundle
 from tddfa_edge.targets import load_target
 
+from conftest import FACEBOXES_TEST_SIZE
+
 
 TARGET = "x86-1core"
 VARIANTS = (("regressor", "onnx-int8"), ("regressor", "onnx-int8-full"), ("detector", "onnx-int8"))
 
-# Determinism does not depend on the input size: the detector is converted twice at a small one.
-DETERMINISM_SIZE = (320, 192)
 
 
 @pytest.fixture(scope="module")
@@ -173,22 +173,32 @@ def test_detector_int8_weights_and_ranges(faceboxes_int8):
     assert details["calibration"]["frames"] == 96  # 48 mosaics and their mirror images
 
 
-def test_exports_are_byte_identical(tmp_path, data_dir, networks):
-    """The same inputs give the same bytes (calibrated on 64 crops here: determinism does not depend on the count)."""
+def _fresh_context(networks, data_dir, work, detector_input_size):
+    """A context of its own: no state carried over from another conversion."""
     from tddfa_edge.export.artifacts import ExportContext
 
+    work.mkdir(parents=True)
+    return ExportContext(regressor=networks.regressor, detector=networks.detector, detector_architecture="faceboxes",
+                         param_mean=networks.param_mean, param_std=networks.param_std, detector_input_size=detector_input_size,
+                         data_dir=str(data_dir), work_dir=work, calibration_size=64)
+
+
+def test_exports_are_byte_identical(tmp_path, data_dir, networks, faceboxes_converted):
+    """The same inputs give the same bytes: the regressors twice from fresh contexts (calibrated on 64 crops here:
+    determinism does not depend on the count), FaceBoxes once more against the session's conversion."""
     results = []
     for name in ("a", "b"):
-        (tmp_path / name / "work").mkdir(parents=True)
-        ctx = ExportContext(  # a fresh context each time: no state carried from the first conversion
-            regressor=networks.regressor, detector=networks.detector, detector_architecture="faceboxes", param_mean=networks.param_mean,
-            param_std=networks.param_std, detector_input_size=DETERMINISM_SIZE, data_dir=str(data_dir),
-            work_dir=tmp_path / name / "work", calibration_size=64,
-        )
+        ctx = _fresh_context(networks, data_dir, tmp_path / name / "work", None)
         converted = {}
         for role, variant in VARIANTS:
-            artifact = converter_for("regressor" if role == "regressor" else "faceboxes", variant)(ctx, role, tmp_path / name)
-            converted[(role, variant)] = (hashlib.sha256((tmp_path / name / artifact.file).read_bytes()).hexdigest(), artifact.details)
+            if role == "regressor":
+                artifact = converter_for("regressor", variant)(ctx, role, tmp_path / name)
+                converted[variant] = (hashlib.sha256((tmp_path / name / artifact.file).read_bytes()).hexdigest(), artifact.details)
         results.append(converted)
     for key in results[0]:
         assert results[0][key] == results[1][key], f"{key}: two exports differ"
+    first, folder, _ = faceboxes_converted("onnx-int8")
+    ctx = _fresh_context(networks, data_dir, tmp_path / "det" / "work", FACEBOXES_TEST_SIZE)
+    again = converter_for("faceboxes", "onnx-int8")(ctx, "detector", tmp_path / "det")
+    assert (tmp_path / "det" / again.file).read_bytes() == (folder / first.file).read_bytes()
+    assert again.details == first.details

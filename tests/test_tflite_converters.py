@@ -8,6 +8,7 @@ calibrated models twice from fresh contexts and compares the bytes.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,8 @@ from tddfa_edge.runtime.bundle import Bundle
 from tddfa_edge.runtime.manifest import Normalization, TensorSpec
 from tddfa_edge.targets import load_target
 
+from conftest import FACEBOXES_TEST_SIZE
+
 
 TARGET = "rpi4"
 # What this converter reaches today (hold-out mean, 120 px crop): a regression guard well inside the budgets.
@@ -27,8 +30,6 @@ DRIFT_REACHED_PX = {"fp32": 0.001, "fp16": 0.01, "int8": 0.23, "int8-full": 0.42
 REGRESSOR_VARIANTS = ("tflite-fp32", "tflite-fp16", "tflite-int8", "tflite-int8-full")
 DETECTOR_VARIANTS = ("tflite-fp32", "tflite-int8")
 
-# Determinism does not depend on the input size: the detector is converted twice at a small one.
-DETERMINISM_SIZE = (320, 192)
 
 
 @pytest.fixture(scope="module")
@@ -172,21 +173,31 @@ def test_detector_matches_fp32(faceboxes_converted):
     assert details["quantization"]["deep_range_margin"] == 1.5 and details["xnnpack"]["ops_outside_at_boundaries"] == {}
 
 
-@pytest.mark.parametrize("role,variant", [("regressor", "tflite-int8-full"), ("detector", "tflite-int8")])
-def test_export_is_deterministic(tmp_path, data_dir, networks, role, variant):
-    """The same inputs give the same bytes (calibrated on 64 crops here: determinism does not depend on the count)."""
+def _fresh_context(networks, data_dir, work: Path, detector_input_size):
+    """A context of its own: no state carried over from another conversion."""
     from tddfa_edge.export.artifacts import ExportContext
 
-    network = "regressor" if role == "regressor" else "faceboxes"
-    digests, details = [], []
+    work.mkdir(parents=True)
+    return ExportContext(regressor=networks.regressor, detector=networks.detector, detector_architecture="faceboxes",
+                         param_mean=networks.param_mean, param_std=networks.param_std, detector_input_size=detector_input_size,
+                         data_dir=str(data_dir), work_dir=work, calibration_size=64)
+
+
+def test_regressor_export_is_deterministic(tmp_path, data_dir, networks):
+    """The same inputs give the same bytes (calibrated on 64 crops here: determinism does not depend on the count)."""
+    made = []
     for name in ("a", "b"):
-        (tmp_path / name / "work").mkdir(parents=True)
-        ctx = ExportContext(  # a fresh context each time: no state carried from the first conversion
-            regressor=networks.regressor, detector=networks.detector, detector_architecture="faceboxes", param_mean=networks.param_mean,
-            param_std=networks.param_std, detector_input_size=DETERMINISM_SIZE, data_dir=str(data_dir),
-            work_dir=tmp_path / name / "work", calibration_size=64,
-        )
-        artifact = converter_for(network, variant)(ctx, role, tmp_path / name)
-        digests.append(hashlib.sha256((tmp_path / name / artifact.file).read_bytes()).hexdigest())
-        details.append(artifact.details)
-    assert digests[0] == digests[1] and details[0] == details[1]
+        ctx = _fresh_context(networks, data_dir, tmp_path / name / "work", None)
+        artifact = converter_for("regressor", "tflite-int8-full")(ctx, "regressor", tmp_path / name)
+        made.append((hashlib.sha256((tmp_path / name / artifact.file).read_bytes()).hexdigest(), artifact.details))
+    assert made[0] == made[1]
+
+
+def test_detector_export_is_deterministic(tmp_path, data_dir, networks, faceboxes_converted):
+    """FaceBoxes int8 converted again from a fresh context gives the bytes of the session's conversion (its
+    calibration frames do not depend on the crop count)."""
+    first, folder, _ = faceboxes_converted("tflite-int8")
+    ctx = _fresh_context(networks, data_dir, tmp_path / "work", FACEBOXES_TEST_SIZE)
+    again = converter_for("faceboxes", "tflite-int8")(ctx, "detector", tmp_path)
+    assert (tmp_path / again.file).read_bytes() == (folder / first.file).read_bytes()
+    assert again.details == first.details
