@@ -8,8 +8,10 @@ turn the outputs back into floats.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -121,13 +123,38 @@ class OnnxSession(Session):
         return self._session.run(self.output_names, {self.input_name: x})
 
 
+@contextlib.contextmanager
+def _native_stderr_muted():
+    """Send file descriptor 2 to /dev/null for the duration.
+
+    LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from C++ when it builds the delegate,
+    ignoring TF_CPP_MIN_LOG_LEVEL; an API user's stderr should not carry it. Load failures still surface as
+    Python exceptions with their message.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class TfliteSession(Session):
     def __init__(self, path: Path, threads: int, backend: str) -> None:
         self.backend = backend
         module = import_backend(backend)
         try:
-            self._interpreter = module.Interpreter(model_path=str(path), num_threads=max(1, int(threads)))
-            self._interpreter.allocate_tensors()
+            with _native_stderr_muted():
+                self._interpreter = module.Interpreter(model_path=str(path), num_threads=max(1, int(threads)))
+                self._interpreter.allocate_tensors()
         except Exception as exc:
             raise BundleError(f"{backend} cannot load {path.name}: {str(exc).splitlines()[0]}") from None
         self._input = self._interpreter.get_input_details()[0]
@@ -139,7 +166,8 @@ class TfliteSession(Session):
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         if x.shape[0] != self._batch:
             self._interpreter.resize_tensor_input(self._input["index"], list(x.shape), strict=False)
-            self._interpreter.allocate_tensors()
+            with _native_stderr_muted():
+                self._interpreter.allocate_tensors()
             self._batch = x.shape[0]
         self._interpreter.set_tensor(self._input["index"], x)
         self._interpreter.invoke()

@@ -58,3 +58,17 @@ def test_int8_models_really_are_int8(target_bundle):
     assert sizes["tflite-fp16"] < 0.6 * sizes["tflite-fp32"]
     full = manifest.models["regressor/tflite-int8-full"]
     assert full.inputs[0].dtype == "int8" and full.outputs[0].dtype == "int8"
+
+
+def test_an_api_user_sees_nothing_on_stderr(target_bundle, data_dir):
+    """LiteRT prints its XNNPACK line from C++ whatever TF_CPP_MIN_LOG_LEVEL says; the runtime keeps it out."""
+    import subprocess
+    import sys
+
+    code = ("import cv2; from tddfa_edge.runtime import FaceAligner;"
+            f"a = FaceAligner.from_bundle({str(target_bundle('rpi4'))!r});"
+            f"faces = a(cv2.imread({str(data_dir / 'images' / 'trump_hillary.jpg')!r}));"
+            "assert a.regressor.session.backend == 'litert'; print(len(faces))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr
+    assert proc.stderr == ""
