@@ -90,6 +90,15 @@ def restore() -> None:
     _state.installed, _state.armed, _state.previous = False, False, {}
 
 
+def ignore_from_now_on() -> None:
+    """Ignore SIGINT and SIGTERM for the rest of the process (a command-line run that has finished its work)."""
+    for sig in SIGNALS:
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except (ValueError, OSError):
+            pass
+
+
 def stopping() -> bool:
     """A signal has raised (or was deferred while armed): the run must stop even if a library swallowed or
     converted the ``KeyboardInterrupt`` (pybind11 turns one raised inside a module's init into ImportError)."""
@@ -126,4 +135,4 @@ class critical:
         return False
 
 
-__all__ = ["install", "arm", "disarm", "restore", "received", "stopping", "signal_name", "critical"]
+__all__ = ["install", "arm", "disarm", "restore", "ignore_from_now_on", "received", "stopping", "signal_name", "critical"]
