@@ -134,6 +134,12 @@ def test_wheelhouse_installs_offline_and_runs_on_aarch64(target_bundle, tmp_path
     bundle = target_bundle("rpi4")
     requirements = (bundle / "requirements.txt").read_text()
     assert "tddfa-edge==" in requirements and "ai-edge-litert==" in requirements and "--hash=sha256:" in requirements
+    import zipfile
+
+    (wheel,) = (bundle / "wheelhouse").glob("tddfa_edge-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())  # the data files a wheel user's export and runtime read
+    assert {"tddfa_edge/export/morphable_check.json", "tddfa_edge/export/licences/LICENSE-yunet.txt",
+            "tddfa_edge/targets/rpi4.toml"} <= names
     site = tmp_path / "site"
     env = dict(os.environ, TDDFA_EXTRA_PYTHONPATH=str(site))
     install = subprocess.run([str(GUEST), "--cpu", "cortex-a72", "--site", "none", "-m", "pip", "install", "--quiet", "--no-index",
