@@ -489,6 +489,16 @@ def _weights_off_grid(float_model, qmodel) -> list[str]:
     return off
 
 
+def _save_detector(float_model, qmodel, folder: Path, name: str = "detector.int8.onnx") -> str:
+    """Write a quantized detector after checking it kept the prepared (GPTQ-rounded) int8 weights."""
+    off_grid = _weights_off_grid(float_model, qmodel)
+    if off_grid:
+        raise ExportError(f"quantized convolutions lost their prepared int8 weights (scale mismatch): {', '.join(off_grid[:3])}")
+    save_model(qmodel, folder / name)
+    check_file(folder / name)
+    return name
+
+
 def _detector_details(ctx: ExportContext, path: Path, frames: int, extra: dict) -> dict:
     _, prep = ctx.prepared_detector(PIXEL_CONV_QMAX)
     details = {
@@ -523,12 +533,7 @@ def detector_onnx_int8(ctx: ExportContext, role: str, folder: Path) -> ModelArti
     qmodel = _quantize(model, ctx.work_dir / "onnxq-detector-int8", "pixels_centered", frames, method="MinMax",
                        overrides=overrides, exclude=tail, batch=1)
     pixels_as_input(qmodel, "pixel_groups", "pixels_centered", shape)
-    off_grid = _weights_off_grid(model, qmodel)
-    if off_grid:
-        raise ExportError(f"quantized convolutions lost their prepared int8 weights (scale mismatch): {', '.join(off_grid[:3])}")
-    name = "detector.int8.onnx"
-    save_model(qmodel, folder / name)
-    check_file(folder / name)
+    name = _save_detector(model, qmodel, folder)
     inputs, outputs = detector_io(size)
     inputs[0]["description"] = ("BGR frame (letterboxed when the size is fixed), uint8 as is; the graph reads it as pixel - 115 "
                                 "through its first DequantizeLinear, the rest of the BGR mean is in the conv1 bias")
@@ -570,12 +575,7 @@ def yunet_onnx_int8(ctx: ExportContext, role: str, folder: Path) -> ModelArtifac
     qmodel = _quantize(model, ctx.work_dir / "onnxq-yunet-int8", "pixels", frames, method="MinMax", overrides=overrides,
                        exclude=heads, batch=1, symbolic_shapes=False)
     pixels_as_input(qmodel, "pixel_groups", "pixels", shape)
-    off_grid = _weights_off_grid(model, qmodel)
-    if off_grid:
-        raise ExportError(f"quantized convolutions lost their prepared int8 weights (scale mismatch): {', '.join(off_grid[:3])}")
-    name = "detector.int8.onnx"
-    save_model(qmodel, folder / name)
-    check_file(folder / name)
+    name = _save_detector(model, qmodel, folder)
     inputs, outputs = yunet_io(size)
     inputs[0]["description"] = ("BGR frame (zero-padded to the input size or to multiples of 32), uint8 as is: the graph's first "
                                 "op is DequantizeLinear(scale 1, zero point 0), YuNet takes raw pixels")

@@ -326,8 +326,8 @@ def regressor_tflite_int8_full(ctx: ExportContext, role: str, folder: Path) -> M
                          details=_details(model, batch=_BATCH_NOTE, quantization=asdict(settings), **facts))
 
 
-def _detector_outputs(model: bytes, input_size) -> list[dict]:
-    _, outputs = detector_io(input_size)
+def _named_outputs(model: bytes, outputs: list[dict]) -> list[dict]:
+    """The output specs with the converted file's tensor names, dtypes and quantization."""
     tensors = {t["name"]: t for t in model_structure(model)["outputs"]}
     for spec in outputs:
         tensor = tensors[output_tensor_name(spec["name"])]
@@ -336,6 +336,10 @@ def _detector_outputs(model: bytes, input_size) -> list[dict]:
         if tensor["quantization"] is not None:
             spec["quantization"] = {"scale": tensor["quantization"]["scale"][0], "zero_point": tensor["quantization"]["zero_point"][0]}
     return outputs
+
+
+def _detector_outputs(model: bytes, input_size) -> list[dict]:
+    return _named_outputs(model, detector_io(input_size)[1])
 
 
 @register("faceboxes", "tflite", "fp32")
@@ -386,15 +390,7 @@ def _yunet_size(ctx: ExportContext) -> tuple[int, int]:
 
 
 def _yunet_outputs(model: bytes, input_size) -> list[dict]:
-    _, outputs = yunet_io(input_size)
-    tensors = {t["name"]: t for t in model_structure(model)["outputs"]}
-    for spec in outputs:
-        tensor = tensors[output_tensor_name(spec["name"])]
-        spec["name"] = tensor["name"]
-        spec["dtype"] = tensor["dtype"]
-        if tensor["quantization"] is not None:
-            spec["quantization"] = {"scale": tensor["quantization"]["scale"][0], "zero_point": tensor["quantization"]["zero_point"][0]}
-    return outputs
+    return _named_outputs(model, yunet_io(input_size)[1])
 
 
 def build_yunet_fp32(ctx: ExportContext) -> bytes:

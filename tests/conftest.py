@@ -169,3 +169,22 @@ def faceboxes_converted(export_context, tmp_path_factory):
 
     get.settings = settings
     return get
+
+
+# Photos with faces of many sizes for YuNet's parity checks (ours against its upstream ONNX and OpenCV's decoder).
+YUNET_PHOTOS = ["reference/test_images/1.jpeg", "reference/test_images/2.jpeg", "reference/test_images/3.jpeg",
+                "reference/test_images/4.jpeg", "reference/test_images/5.jpeg",
+                "images/JianzhuGuo.jpg", "images/emma.jpg", "images/trump_hillary.jpg"]
+
+
+def letterbox(image, width: int, height: int):
+    """Resize to fit inside width x height, keep the aspect ratio, zero-pad right and bottom (upstream YuNet's rule)."""
+    import cv2
+    import numpy as np
+
+    h, w = image.shape[:2]
+    scale = min(width / w, height / h)
+    resized = cv2.resize(image, (min(width, round(w * scale)), min(height, round(h * scale))))
+    out = np.zeros((height, width, 3), np.uint8)
+    out[: resized.shape[0], : resized.shape[1]] = resized
+    return out

@@ -10,20 +10,9 @@ import torch
 
 from tddfa_edge.models.yunet import OUTPUT_NAMES, YUNET_CONFIGS, YuNet, load_yunet_state
 
+from conftest import YUNET_PHOTOS as PHOTOS, letterbox
+
 SIZES = ((640, 384), (320, 192))  # (width, height), multiples of 32
-PHOTOS = ["reference/test_images/1.jpeg", "reference/test_images/2.jpeg", "reference/test_images/3.jpeg",
-          "reference/test_images/4.jpeg", "reference/test_images/5.jpeg",
-          "images/JianzhuGuo.jpg", "images/emma.jpg", "images/trump_hillary.jpg"]
-
-
-def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize to fit inside width x height, keep the aspect ratio, zero-pad right and bottom."""
-    h, w = image.shape[:2]
-    scale = min(width / w, height / h)
-    resized = cv2.resize(image, (min(width, round(w * scale)), min(height, round(h * scale))))
-    out = np.zeros((height, width, 3), np.uint8)
-    out[: resized.shape[0], : resized.shape[1]] = resized
-    return out
 
 
 def load_checkpoint(data_dir, name: str) -> dict:
